@@ -1,0 +1,198 @@
+"""The `botlab` command. Each command loads what it needs lazily, so `botlab --help` and `validate` stay fast."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from botlab.teamfile import TeamFileError, load_team, unset_secrets
+
+app = typer.Typer(
+    help=(
+        "botlab: long-lived agent teams that teach a language model to reason by Absolute-Zero self-play.\n\n"
+        "Start with `botlab validate teams/demo-cpu.yaml`, then `botlab run teams/demo-cpu.yaml --steps 3`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that print a ratio against a baseline measured in the same run.")
+sandbox_app = typer.Typer(help="Run model-style programs through the sandboxed executor by hand.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(sandbox_app, name="sandbox")
+
+console = Console()
+errors = Console(stderr=True)
+
+TeamArg = Annotated[Path, typer.Argument(help="the team file (team.yaml)", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+EXIT_USAGE = 2  # bad input: the team file, an argument
+
+
+def _team(path: Path):
+    try:
+        return load_team(path)
+    except TeamFileError as err:
+        errors.print(f"[red]{err.file} is not a valid team file:[/red]", highlight=False)
+        for problem in err.problems:
+            errors.print(f"  {problem.render(str(err.file))}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@app.command()
+def validate(team_file: TeamArg) -> None:
+    """Check a team file; exit 0 if it is valid, else 2 with every error's field path and line."""
+    team = _team(team_file)
+    console.print(f"[green]{team_file}: valid[/green] (team {team.name!r}, model {team.model.name})", highlight=False)
+    for name in unset_secrets(team):
+        console.print(f"  note: environment variable {name} is not set here; the run will need it", highlight=False)
+
+
+@app.command()
+def run(
+    team_file: TeamArg,
+    steps: Annotated[Optional[int], typer.Option(help="exit after this many completed steps (digests flushed)")] = None,
+) -> None:
+    """Run the team: self-play, training, digests and feedback, until stopped (or --steps are done)."""
+    team = _team(team_file)
+    if steps is not None and steps < 1:
+        errors.print("--steps must be at least 1")
+        raise typer.Exit(EXIT_USAGE)
+    from botlab.daemon import run_team
+
+    raise typer.Exit(run_team(team, steps=steps))
+
+
+@app.command()
+def status(team_file: TeamArg, as_json: JsonOpt = False) -> None:
+    """Show the run's state, step, rewards, solve rates, buffers, digests and pending feedback."""
+    from botlab.status import run_status
+    from botlab.store import StoreError
+
+    team = _team(team_file)
+    try:
+        info = run_status(team)
+    except StoreError as err:
+        errors.print(str(err), highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    _print_status(info)
+
+
+def _print_status(info: dict) -> None:
+    table = Table(title=f"botlab team {info['team']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+
+    def when(ts: float | None) -> str:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+    def per_type(values: dict) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in sorted(values.items())) or "-"
+
+    table.add_row("state", info["state"])
+    table.add_row("step", f"{info['step']} of {info['total_steps']}")
+    if "phase" in info:
+        table.add_row("phase", info.get("phase") or "-")
+        table.add_row("last step", when(info["last_step_at"]))
+        sps = info["seconds_per_step"]
+        table.add_row("throughput", f"{sps:.1f} s/step" if sps else "-")
+        table.add_row("rewards", per_type(info["rewards"]))
+        table.add_row("solve rates", per_type(info["solve_rates"]))
+        table.add_row("buffers", per_type({k: float(v) for k, v in info["buffer_sizes"].items()}).replace(".00", ""))
+        digest = info["last_digest"]
+        table.add_row("last digest", f"#{digest['id']} at {when(digest['created_at'])}" if digest else "-")
+        table.add_row("next digest", when(info["next_digest_at"]))
+        table.add_row("pending feedback", str(info["pending_feedback"]))
+        table.add_row("unsent messages", str(info["unsent_messages"]))
+        table.add_row("last eval", json.dumps(info["last_eval"]) if info["last_eval"] else "-")
+        table.add_row("engine", str(info["engine"] or "-"))
+        table.add_row("errors since start", str(info["errors_since_start"]))
+    table.add_row("run dir", info["run_dir"])
+    console.print(table)
+
+
+@app.command()
+def digest(
+    team_file: TeamArg,
+    send: Annotated[bool, typer.Option("--send", help="also send it through the team's notifiers")] = False,
+) -> None:
+    """Render the progress digest now (and send it with --send)."""
+    team = _team(team_file)
+    from botlab.notifiers.commands import digest_now
+
+    raise typer.Exit(digest_now(team, send=send, console=console))
+
+
+@app.command()
+def feedback(team_file: TeamArg, text: Annotated[str, typer.Argument(help="what you want the team to change")]) -> None:
+    """Steer the team from the terminal: the same path as a reply to a digest by email or Nostr."""
+    team = _team(team_file)
+    from botlab.notifiers.commands import local_feedback
+
+    raise typer.Exit(local_feedback(team, text, console=console))
+
+
+@app.command("eval")
+def evaluate(
+    team_file: TeamArg,
+    suite: Annotated[str, typer.Option(help="cruxeval-o, cruxeval-i or humaneval")] = "cruxeval-o",
+    data: Annotated[Optional[Path], typer.Option(help="JSONL file with code/input/output (CRUXEval suites)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="evaluate at most N problems")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Held-out evaluation of the team's current model, executed in the sandbox."""
+    team = _team(team_file)
+    from botlab.evaluation import run_eval_command
+
+    raise typer.Exit(run_eval_command(team, suite=suite, data=data, limit=limit, as_json=as_json, console=console))
+
+
+@bench_app.command("executor")
+def bench_executor(as_json: JsonOpt = False) -> None:
+    """Validations/s of the sandbox vs. an unisolated AZR-style executor, on a fixed mixed workload."""
+    from botlab.bench.executor import main as bench_main
+
+    raise typer.Exit(bench_main(as_json=as_json))
+
+
+@bench_app.command("rollout")
+def bench_rollout(as_json: JsonOpt = False) -> None:
+    """Tokens/s of the vLLM engine vs. the transformers engine on the embedded model, and reload time."""
+    from botlab.bench.rollout import main as bench_main
+
+    raise typer.Exit(bench_main(as_json=as_json))
+
+
+@sandbox_app.command("check")
+def sandbox_check(
+    program: Annotated[Path, typer.Argument(help="a Python file defining f")],
+    input_expr: Annotated[str, typer.Option("--input", help="the input as a Python expression, e.g. '[1, 2]'")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Is PROGRAM with INPUT a valid deduction task? Prints the gold output or the rejection reason."""
+    from botlab.sandbox.cli import check_command
+
+    raise typer.Exit(check_command(program, input_expr, as_json=as_json, console=console))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

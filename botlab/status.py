@@ -1,0 +1,84 @@
+"""What a run is doing, read from its run dir: used by `botlab status` and by the digest."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from botlab.config import TeamConfig
+from botlab.store import Store, open_store
+
+LOCK_NAME = "daemon.lock"
+
+
+def daemon_alive(run_dir: Path) -> bool:
+    """True while some process holds the run's daemon lock."""
+    lock_path = run_dir / LOCK_NAME
+    if not lock_path.exists():
+        return False
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def run_status(team: TeamConfig) -> dict[str, Any]:
+    """Everything `botlab status --json` prints. Works on a run that never started."""
+    run_dir = team.run_dir
+    base: dict[str, Any] = {"team": team.name, "run_dir": str(run_dir)}
+    if not (run_dir / "botlab.sqlite").exists():
+        return base | {"state": "not started", "step": 0, "total_steps": team.train.steps}
+    with open_store(run_dir) as store:
+        return base | collect(store, team, alive=daemon_alive(run_dir))
+
+
+def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
+    recorded = store.get("daemon_state", "stopped")
+    if alive:
+        state = "paused" if store.get("paused", False) else "running"
+    else:
+        state = "crashed" if recorded in ("running", "paused") else recorded
+    last = store.query("SELECT * FROM steps ORDER BY step DESC LIMIT 1")
+    summary = json.loads(last[0]["summary"]) if last else {}
+    started = store.get("started_at")
+    errors = store.scalar(
+        "SELECT COUNT(*) FROM events WHERE level = 'error' AND at >= ?", (started or 0,)
+    )
+    buffers = {row["task_type"]: row["n"] for row in store.query(
+        "SELECT task_type, COUNT(*) AS n FROM buffers GROUP BY task_type ORDER BY task_type"
+    )}
+    last_digest = store.query("SELECT id, created_at, subject FROM digests ORDER BY id DESC LIMIT 1")
+    return {
+        "state": state,
+        "step": last[0]["step"] if last else 0,
+        "total_steps": team.train.steps,
+        "phase": store.get("phase") if alive else None,
+        "last_step_at": last[0]["finished_at"] if last else None,
+        "seconds_per_step": _seconds_per_step(store),
+        "tokens_per_second": summary.get("tokens_per_second"),
+        "rewards": summary.get("rewards", {}),
+        "solve_rates": summary.get("solve_rates", {}),
+        "valid_rate": summary.get("valid_rate"),
+        "buffer_sizes": buffers,
+        "last_digest": dict(last_digest[0]) if last_digest else None,
+        "next_digest_at": store.get("next_digest_at"),
+        "pending_feedback": store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'"),
+        "unsent_messages": store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"),
+        "last_eval": store.get("last_eval"),
+        "engine": store.get("engine"),
+        "errors_since_start": errors,
+        "checked_at": time.time(),
+    }
+
+
+def _seconds_per_step(store: Store, window: int = 10) -> float | None:
+    rows = store.query("SELECT started_at, finished_at FROM steps ORDER BY step DESC LIMIT ?", (window,))
+    if not rows:
+        return None
+    return sum(r["finished_at"] - r["started_at"] for r in rows) / len(rows)
