@@ -59,7 +59,8 @@ def load_team(path: str | Path) -> TeamConfig:
     try:
         team = TeamConfig.model_validate(data)
     except ValidationError as err:
-        raise TeamFileError(file, [_problem(e, lines) for e in err.errors()]) from None
+        found = sorted((_problem(e, lines) for e in err.errors()), key=lambda p: (p.line or 0, p.path))
+        raise TeamFileError(file, found) from None
     team._source = file.resolve()
     return team
 
