@@ -1,0 +1,217 @@
+"""The learner: one TRR++ policy-gradient update over a batch of rollouts, read top to bottom.
+
+fp32 master weights, bf16 autocast for forward/backward, gradient accumulation over micro-batches so the batch size
+never bounds memory, optional LoRA (peft), device placement by accelerate (CPU, one GPU, or a launched multi-GPU run).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from botlab.config import ModelConfig, TrainConfig
+from botlab.selfplay.trr import clipped_policy_loss, token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    """One trained sequence: the prompt, what the policy sampled, with the sampling-time log-probs."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    old_logprobs: list[float]
+    advantage: float
+    temperature: float
+
+
+class Learner:
+    def __init__(self, model_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
+        from transformers import AutoModelForCausalLM
+
+        self.cfg = train_cfg
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.device = self.accelerator.device
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model.config.use_cache = False
+        self.lora = model_cfg.lora.enabled
+        if self.lora:
+            from peft import LoraConfig as PeftLora, get_peft_model
+
+            lora = model_cfg.lora
+            model = get_peft_model(model, PeftLora(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ))
+        # A frozen copy of the initial policy only when a KL penalty asks for it (LoRA: the base with adapters off).
+        self.reference = None
+        if train_cfg.kl_coef > 0 and not self.lora:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.reference is not None:
+            self.reference = self.reference.to(self.device)
+        self.model.train()
+
+    # --- the update -------------------------------------------------------------------------------------------------
+
+    def train_step(self, rollouts: list[Rollout]) -> dict[str, float]:
+        """One optimizer step over all rollouts; the loss is a token mean over the whole batch."""
+        rollouts = [r for r in rollouts if r.completion_ids]
+        if not rollouts:
+            return {"trained_sequences": 0}
+        total_tokens = sum(len(r.completion_ids) for r in rollouts)
+        totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = self.cfg.micro_batch
+        # Roles may sample at different temperatures: a micro-batch holds one temperature.
+        rollouts = sorted(rollouts, key=lambda r: r.temperature)
+        chunks = [rollouts[i:i + micro] for i in range(0, len(rollouts), micro)]
+        chunks = [part for chunk in chunks for part in _split_by_temperature(chunk)]
+        for chunk in chunks:
+            stats = self._accumulate(chunk, total_tokens)
+            weight = sum(len(r.completion_ids) for r in chunk) / total_tokens
+            for key, value in stats.items():
+                totals[key] += value * (1.0 if key in ("loss", "entropy", "kl") else weight)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return totals | {"grad_norm": float(grad_norm), "trained_sequences": len(rollouts), "trained_tokens": total_tokens}
+
+    def _accumulate(self, chunk: list[Rollout], total_tokens: int) -> dict[str, float]:
+        input_ids, attention, targets_mask, old = self._pack(chunk)
+        with self._autocast():
+            logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+        # Position t predicts token t+1: score every completion token under the policy being trained.
+        logits, targets, mask, old = logits[:, :-1], input_ids[:, 1:], targets_mask[:, 1:], old[:, 1:]
+        temperature = chunk[0].temperature
+        new_logprobs, entropy = token_logprobs(logits, targets, temperature)
+        advantages = torch.tensor([r.advantage for r in chunk], device=self.device)
+        clip_high = self.cfg.clip_eps_high or self.cfg.clip_eps
+        policy_loss, stats = clipped_policy_loss(new_logprobs, old, advantages, mask, self.cfg.clip_eps, clip_high)
+        entropy_sum = (entropy * mask).sum()
+        loss = policy_loss - self.cfg.entropy_coef * entropy_sum
+        kl_sum = torch.zeros((), device=self.device)
+        if self.cfg.kl_coef > 0:
+            kl_sum = self._kl(input_ids, attention, targets, mask, new_logprobs, temperature)
+            loss = loss + self.cfg.kl_coef * kl_sum
+        self.accelerator.backward(loss / total_tokens)
+        return {
+            "loss": float(loss.detach()) / total_tokens,
+            "entropy": float(entropy_sum.detach()) / total_tokens,
+            "kl": float(kl_sum.detach()) / total_tokens,
+            **stats,
+        }
+
+    def _kl(self, input_ids, attention, targets, mask, new_logprobs, temperature) -> torch.Tensor:
+        """k3 estimate of KL(policy || initial policy), summed over the masked tokens."""
+        with torch.no_grad(), self._autocast():
+            if self.reference is not None:
+                ref_logits = self.reference(input_ids=input_ids, attention_mask=attention).logits
+            else:
+                with self.accelerator.unwrap_model(self.model).disable_adapter():
+                    ref_logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+        ref_logprobs, _ = token_logprobs(ref_logits[:, :-1], targets, temperature)
+        delta = ref_logprobs - new_logprobs
+        return ((torch.exp(delta) - delta - 1) * mask).sum()
+
+    def _pack(self, chunk: list[Rollout]):
+        """Right-padded ids, attention mask, completion-token mask and old log-probs aligned to the ids."""
+        width = max(len(r.prompt_ids) + len(r.completion_ids) for r in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        completion = torch.zeros((len(chunk), width))
+        old = torch.zeros((len(chunk), width))
+        for row, r in enumerate(chunk):
+            p, c = len(r.prompt_ids), len(r.completion_ids)
+            ids[row, :p + c] = torch.tensor(r.prompt_ids + r.completion_ids)
+            attention[row, :p + c] = 1
+            completion[row, p:p + c] = 1
+            old[row, p:p + c] = torch.tensor(r.old_logprobs[:c] + [0.0] * (c - len(r.old_logprobs[:c])))
+        return ids.to(self.device), attention.to(self.device), completion.to(self.device), old.to(self.device)
+
+    def _autocast(self):
+        if self.cfg.bf16_autocast:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    # --- weights out: engine sync and checkpoints -------------------------------------------------------------------
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's weights under the base model's HF names (LoRA merged in), for the rollout engine."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not self.lora:
+            for name, param in model.state_dict().items():
+                yield name, param.detach()
+            return
+        model.merge_adapter()
+        try:
+            for name, param in model.state_dict().items():
+                if "lora_" in name:
+                    continue
+                yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), param.detach().clone()
+        finally:
+            model.unmerge_adapter()
+
+    def save_pretrained(self, folder: Path, tokenizer) -> None:
+        """A plain HF folder (LoRA merged) that transformers and vLLM load directly, in bf16."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self.lora:
+            model = copy.deepcopy(model).merge_and_unload()
+        state = {k: v.to(torch.bfloat16) for k, v in dict(self.named_weights()).items()}
+        model.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        config_dtype = folder / "config.json"
+        if config_dtype.exists():
+            text = config_dtype.read_text().replace('"float32"', '"bfloat16"')
+            config_dtype.write_text(text)
+        tokenizer.save_pretrained(folder)
+
+    def state_dict(self) -> dict:
+        """Everything exact resume needs besides the model weights."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """fp32 weights that training changes (all, or only the LoRA adapters), for exact resume."""
+        model = self.accelerator.unwrap_model(self.model)
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value)
+
+
+def _split_by_temperature(chunk: list[Rollout]) -> list[list[Rollout]]:
+    parts: dict[float, list[Rollout]] = {}
+    for r in chunk:
+        parts.setdefault(r.temperature, []).append(r)
+    return list(parts.values())
