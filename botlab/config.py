@@ -141,7 +141,10 @@ class SelfPlayConfig(Strict):
     solve_batch: int = Field(64, ge=1, description="solver tasks per task type per step (AZR: 64)")
     references: int = Field(6, ge=0, description="K reference triplets shown to the proposer (AZR io_n: 6)")
     learnability_rollouts: int = Field(8, ge=2, description="n solver samples per proposal for 1 - solve rate")
-    seed_size: int = Field(256, ge=1, description="valid triplets gathered (no updates) before self-play trains")
+    seed_size: int = Field(256, ge=1, description="buffer size per type gathered (no updates) before training")
+    seed_max_rounds: int = Field(
+        50, ge=0, description="seeding gives up after this many propose rounds and trains with what it has"
+    )
     buffer_max: int = Field(16384, ge=16, description="programs kept per buffer before eviction")
     eviction: Literal["oldest", "lowest_reward"] = Field(
         "oldest", description="which program a full buffer drops (AZR instead stops accepting at 16384)"

@@ -1,0 +1,305 @@
+"""`botlab run`: the long-running daemon around the self-play loop.
+
+The main thread trains (vLLM and torch want it); a side thread runs an asyncio loop for the reporter's channels
+(IMAP IDLE, Nostr subscriptions, SMTP). Between phases the main thread lets the reporter do what is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from botlab.config import TeamConfig
+from botlab.curriculum import load_curriculum
+from botlab.progress import RunProgress
+from botlab.status import LOCK_NAME
+from botlab.store import Store, StoreError, open_store
+
+log = logging.getLogger("botlab.daemon")
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class DaemonLock:
+    """One daemon per run dir: an exclusive lock on run_dir/daemon.lock, released by the OS if we die."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_NAME
+        self.handle = None
+
+    def __enter__(self) -> "DaemonLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            pid = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise AlreadyRunning(f"another botlab (pid {pid}) is already running this team in {self.path.parent}")
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+class StopRequest:
+    """SIGTERM/SIGINT once: finish the current step, then stop. Twice: abandon the step now."""
+
+    def __init__(self):
+        self.count = 0
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning("stop requested (%s): finishing the current step", signal.Signals(signum).name)
+        else:
+            raise KeyboardInterrupt
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+
+class SideLoop:
+    """An asyncio loop in a daemon thread, for the reporter's network work."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="botlab-io", daemon=True)
+        self.thread.start()
+
+    def call(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def run_team(team: TeamConfig, steps: int | None = None) -> int:
+    run_dir = team.run_dir
+    try:
+        with DaemonLock(run_dir):
+            _setup_logging(run_dir)
+            with open_store(run_dir) as store:
+                return Daemon(team, store, steps).run()
+    except AlreadyRunning as err:
+        logging.getLogger("botlab").error("%s", err)
+        print(f"error: {err}")
+        return EXIT_FAILED
+    except StoreError as err:
+        print(f"error: {err}")
+        return EXIT_FAILED
+
+
+class Daemon:
+    def __init__(self, team: TeamConfig, store: Store, steps: int | None):
+        self.team = team
+        self.store = store
+        self.steps = steps
+        self.stop = StopRequest()
+        self.progress = RunProgress(team.name)
+
+    def run(self) -> int:
+        from botlab.models import ModelNotFound
+
+        previous = self.store.get("daemon_state", "new")
+        self.stop.install()
+        self.store.put("daemon_state", "running")
+        self.store.put("started_at", time.time())
+        if previous in ("running", "paused"):
+            self.store.log_event("restart", "restarted after an unclean stop", level="warning")
+        self.store.log_event("start", f"daemon started (pid {os.getpid()})")
+        side = None
+        try:
+            side = SideLoop()
+            self._build(side)
+            return self._loop(side)
+        except ModelNotFound as err:
+            self.progress.note(f"error: {err}")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            self.progress.note("stopped: the step in flight was abandoned (the last committed step is kept)")
+            self.store.log_event("stop", "abandoned the step in flight on a second signal", level="warning")
+            return EXIT_INTERRUPTED
+        except Exception as err:
+            log.exception("the run failed")
+            self.store.log_event("crash", f"{type(err).__name__}: {err}", level="error")
+            self.progress.note(f"error: the run failed: {type(err).__name__}: {err} (details in {self._log_path()})")
+            return EXIT_FAILED
+        finally:
+            self._shutdown(side)
+
+    # --- set-up -----------------------------------------------------------------------------------------------------
+
+    def _build(self, side: SideLoop) -> None:
+        from botlab.engines import create_engine
+        from botlab.models import resolve_model
+        from botlab.notifiers.service import Reporter
+        from botlab.sandbox import Executor
+        from botlab.selfplay.checkpoints import RESUME_KEY, load_resume_state
+        from botlab.selfplay.learner import Learner
+        from botlab.selfplay.step import SelfPlay
+
+        team = self.team
+        self.progress.phase("start", "loading the model")
+        model_dir = resolve_model(team.model.name)
+        self.learner = Learner(model_dir, team.model, team.train)
+        resume = self.store.get(RESUME_KEY)
+        if resume and Path(resume).is_dir():
+            load_resume_state(Path(resume), self.learner)
+            self.progress.note(f"resuming after step {self.store.last_step()} from {resume}")
+        self.progress.phase("start", "starting the rollout engine")
+        shared = self.learner.accelerator.unwrap_model(self.learner.model)
+        self.engine, why = create_engine(team.model, model_dir, learner_model=shared)
+        if resume and self.engine.name != "transformers":
+            self.engine.load_weights(self.learner.named_weights())
+        self.store.put("engine", {"name": self.engine.name, "why": why})
+        self.progress.note(f"engine: {why}")
+        self.executor = Executor(team.executor)
+        self.progress.note(f"sandbox: {self.executor.isolation}")
+        policy_model = self._policy_model()
+        self.selfplay = SelfPlay(team, self.store, self.engine, self.executor, self.learner,
+                                 reviewer_model=policy_model if team.roles.reviewer.llm else None)
+        self.reporter = Reporter(team, self.store, model=policy_model)
+        side.call(self.reporter.start(), timeout=60)
+
+    def _policy_model(self):
+        from botlab.agents.policy_model import PolicyModel
+
+        return PolicyModel(self.engine)
+
+    # --- the loop ---------------------------------------------------------------------------------------------------
+
+    def _loop(self, side: SideLoop) -> int:
+        from botlab.selfplay.checkpoints import RESUME_KEY, prune_resume_states, save_checkpoint, save_resume_state
+
+        team, store = self.team, self.store
+        self.selfplay.ensure_zero_triplets()
+        self._seed(side)
+        first = store.last_step() + 1
+        last = first + self.steps - 1 if self.steps else team.train.steps
+        if first > last:
+            self.progress.note(f"nothing to do: step {first - 1} of {team.train.steps} is already done")
+        for step in range(first, last + 1):
+            if self._wait_while_paused(side) or self.stop.requested:
+                break
+            started = time.time()
+            label = f"step {step}/{last}"
+            report = self.selfplay.run_step(step, on_phase=lambda phase: self._phase(side, label, phase))
+            self._phase(side, label, "save")
+            state = save_resume_state(team.run_dir, step, self.learner)
+            checkpoint = None
+            if step % team.schedules.checkpoint_every_steps == 0 or step == last:
+                checkpoint = save_checkpoint(team.run_dir, step, self.learner, self.engine.tokenizer, state,
+                                             team.schedules.keep_checkpoints)
+                report.timings["checkpoint"] = time.time() - started - sum(report.timings.values())
+
+            def extra(db, state=state, checkpoint=checkpoint, step=step):
+                db.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                           "SET value = excluded.value", (RESUME_KEY, json.dumps(str(state))))
+                if checkpoint is not None:
+                    db.execute("UPDATE steps SET checkpoint = ? WHERE step = ?", (str(checkpoint), step))
+
+            self.selfplay.commit(report, started, extra_writes=extra)
+            prune_resume_states(team.run_dir, keep=state)
+            self.progress.step_done(step, last, report.summary, report.timings)
+            self._tick(side)
+        if self.steps:
+            self._phase(side, "end", "final digest")
+            side.call(self.reporter.send_digest("run finished"), timeout=600)
+        return EXIT_OK
+
+    def _seed(self, side: SideLoop) -> None:
+        """Gather the seed set with the untrained policy, as AZR does, in bounded rounds."""
+        rounds = 0
+        while self.selfplay.needs_seeding() and not self.stop.requested:
+            if rounds >= self.team.selfplay.seed_max_rounds:
+                self.progress.note(f"seeding stopped after {rounds} rounds with buffers {self.selfplay.buffers.sizes()}"
+                                   f" (seed_size {self.team.selfplay.seed_size}); self-play starts with these")
+                break
+            rounds += 1
+            sizes = self.selfplay.seed_round(rounds, on_phase=lambda p: self._phase(side, f"seed round {rounds}", p))
+            self.progress.note(f"seed round {rounds}: buffers {sizes}")
+            self._tick(side)
+        self.store.put("seeded", True)
+
+    def _wait_while_paused(self, side: SideLoop) -> bool:
+        """Hold while feedback paused the team; True if a stop arrived meanwhile."""
+        announced = False
+        while load_curriculum(self.store).paused and not self.stop.requested:
+            if not announced:
+                self.progress.note("paused by feedback; reply /resume to continue")
+                self.store.put("daemon_paused", True)
+                announced = True
+            self._tick(side)
+            time.sleep(2)
+        if announced:
+            self.store.put("daemon_paused", False)
+        return self.stop.requested
+
+    def _phase(self, side: SideLoop, label: str, phase: str) -> None:
+        self.store.put("phase", f"{label}: {phase}")
+        self.progress.phase(label, phase)
+        self._tick(side)
+
+    def _tick(self, side: SideLoop) -> None:
+        try:
+            side.call(self.reporter.tick(time.time()), timeout=600)
+        except Exception as err:  # a channel failure must never stop training; the outbox retries
+            log.warning("reporter tick failed: %s", err)
+            self.store.log_event("error", f"reporter: {type(err).__name__}: {err}", level="error")
+
+    # --- tear-down --------------------------------------------------------------------------------------------------
+
+    def _shutdown(self, side: SideLoop | None) -> None:
+        self.progress.close()
+        if side is not None and getattr(self, "reporter", None) is not None:
+            try:
+                side.call(self.reporter.flush_outbox(), timeout=60)
+                side.call(self.reporter.stop(), timeout=30)
+            except Exception as err:
+                log.warning("reporter shutdown: %s", err)
+        for part in ("executor", "engine"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                obj.close()
+        if side is not None:
+            side.close()
+        self.store.put("daemon_state", "stopped")
+        self.store.log_event("stop", "daemon stopped")
+
+    def _log_path(self) -> Path:
+        return self.team.run_dir / "logs" / "botlab.log"
+
+
+def _setup_logging(run_dir: Path) -> None:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(logs / "botlab.log", maxBytes=10_000_000, backupCount=5)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -1,0 +1,56 @@
+"""Learner state on disk: a resume state after every committed step, and Hugging Face checkpoints every N steps.
+
+A resume state holds the fp32 trainable weights, the optimizer and the RNGs; the store records which one belongs to
+the last committed step (kv "resume_state"), so a crash between saving and committing is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from botlab.selfplay.learner import Learner
+
+RESUME_KEY = "resume_state"
+
+
+def save_resume_state(run_dir: Path, step: int, learner: Learner) -> Path:
+    folder = run_dir / "state" / f"step-{step:06d}"
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    torch.save(learner.trainable_state(), partial / "weights.pt")
+    torch.save(learner.state_dict(), partial / "learner.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return folder
+
+
+def load_resume_state(folder: Path, learner: Learner) -> None:
+    learner.load_trainable_state(torch.load(folder / "weights.pt", weights_only=True))
+    learner.load_state_dict(torch.load(folder / "learner.pt", weights_only=False))
+
+
+def prune_resume_states(run_dir: Path, keep: Path) -> None:
+    """Only the committed state is needed; older ones (and partial writes) go."""
+    for folder in (run_dir / "state").glob("step-*"):
+        if folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resume_state: Path, keep: int) -> Path:
+    """A Hugging Face folder that transformers and vLLM load directly, with the resume state beside the weights."""
+    folder = run_dir / "checkpoints" / f"step-{step:06d}"
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    learner.save_pretrained(partial, tokenizer)
+    shutil.copytree(resume_state, partial / "botlab_state")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    checkpoints = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".partial"))
+    for old in checkpoints[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
