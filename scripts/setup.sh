@@ -24,7 +24,10 @@ if [[ ! -x .venv/bin/python ]]; then
   say "creating .venv with $python"
   "$python" -m venv .venv
 fi
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# Quiet pip; drop the harmless "Location ... is ignored" lines some pip configurations print by the hundred.
+pip() {
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 
 # Re-install only when what we install changed.
 stamp=".venv/.botlab-setup-$dev-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
