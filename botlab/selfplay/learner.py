@@ -7,6 +7,7 @@ never bounds memory, optional LoRA (peft), device placement by accelerate (CPU, 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -170,10 +171,11 @@ class Learner:
             model = copy.deepcopy(model).merge_and_unload()
         state = {k: v.to(torch.bfloat16) for k, v in dict(self.named_weights()).items()}
         model.save_pretrained(folder, state_dict=state, safe_serialization=True)
-        config_dtype = folder / "config.json"
-        if config_dtype.exists():
-            text = config_dtype.read_text().replace('"float32"', '"bfloat16"')
-            config_dtype.write_text(text)
+        # The tensors are bf16: say so, so loaders do not upcast by default.
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text())
+        config["dtype"] = "bfloat16"
+        config_file.write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(folder)
 
     def state_dict(self) -> dict:
