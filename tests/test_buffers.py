@@ -1,0 +1,67 @@
+"""Buffers in the store: uniform references, newest-first solver batches, eviction instead of freezing."""
+
+import random
+
+from botlab.config import SelfPlayConfig
+from botlab.selfplay.buffers import Buffers, insert_task
+from botlab.store import Store
+from botlab.tasks import Triplet
+
+
+def fill(store, buffers, task_type, steps):
+    ids = []
+    with store.transaction() as db:
+        for step in steps:
+            t = Triplet(f"def f(a):\n    return a + {step}", [str(step)], [str(2 * step)], task_type=task_type)
+            task_id = insert_task(db, step, t, "admitted", None, learnability=step / 100)
+            buffers.add(db, task_type, task_id, step)
+            ids.append(task_id)
+    return ids
+
+
+def test_full_buffer_evicts_oldest(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    buffers = Buffers(store, SelfPlayConfig(buffer_max=16))
+    fill(store, buffers, "deduction", range(20))
+    assert buffers.size("deduction") == 16
+    kept = {t.inputs[0] for t in buffers.references("deduction", 16, random.Random(0))}
+    assert kept == {str(s) for s in range(4, 20)}
+
+
+def test_lowest_learnability_eviction(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    buffers = Buffers(store, SelfPlayConfig(buffer_max=16, eviction="lowest_reward"))
+    fill(store, buffers, "deduction", [50, 1, 2, 3] + list(range(60, 75)))
+    kept = {t.inputs[0] for t in buffers.references("deduction", 16, random.Random(0))}
+    assert {"1", "2", "3"}.isdisjoint(kept) and "50" in kept
+
+
+def test_solver_batch_newest_first_then_uniform(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    buffers = Buffers(store, SelfPlayConfig())
+    fill(store, buffers, "abduction", [1, 2, 3, 3])
+    batch = buffers.solver_batch("abduction", 3, random.Random(1))
+    assert [t.inputs[0] for t in batch[:2]] == ["3", "3"]
+    assert batch[2].inputs[0] in {"1", "2"}
+    assert len({t.id for t in batch}) == 3
+
+
+def test_references_are_distinct_and_induction_draws_programs(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    buffers = Buffers(store, SelfPlayConfig())
+    fill(store, buffers, "deduction", range(5))
+    refs = buffers.references("deduction", 3, random.Random(2))
+    assert len({r.id for r in refs}) == 3
+    assert buffers.references("induction", 3, random.Random(2)) == []
+    program = buffers.program_for_induction(random.Random(3))
+    assert program is not None and program.program.startswith("def f(a)")
+    assert program.task_type == "induction"
+
+
+def test_same_seed_same_sample(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    buffers = Buffers(store, SelfPlayConfig())
+    fill(store, buffers, "deduction", range(30))
+    a = [t.id for t in buffers.references("deduction", 6, random.Random("0-7"))]
+    b = [t.id for t in buffers.references("deduction", 6, random.Random("0-7"))]
+    assert a == b
