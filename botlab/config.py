@@ -228,6 +228,9 @@ class EmailNotifier(Strict):
     username_env: EnvName | None = Field(None, description="env var with the SMTP/IMAP user name")
     password_env: EnvName | None = Field(None, description="env var with the SMTP/IMAP password")
     dkim_required: bool = Field(False, description="accept replies only with a valid DKIM signature of the sender")
+    ca_file: Path | None = Field(
+        None, description="PEM file of the CA to trust for SMTP/IMAP TLS (a self-hosted server); default: the system's"
+    )
 
 
 class NostrNotifier(Strict):
@@ -237,6 +240,7 @@ class NostrNotifier(Strict):
     recipients: list[str] = Field(min_length=1, description="npub (or hex) keys that receive digests by NIP-17 DM")
     allowed_pubkeys: list[str] | None = Field(None, description="who may steer by DM; default = recipients")
     public_notes: bool = Field(False, description="also publish a short public kind-1 progress note")
+    reconnect_s: float = Field(10, ge=5, description="seconds between reconnection attempts to a lost relay (min 5)")
 
     @field_validator("relays")
     @classmethod

@@ -2,4 +2,6 @@
 
 pytest_plugins = [
     "tests.fixtures.model",
+    "tests.fixtures.mail",
+    "tests.fixtures.nostr",
 ]

@@ -1,0 +1,104 @@
+"""`botlab digest` and `botlab feedback`: the reporter from the command line. Each returns the exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import uuid
+
+from rich.console import Console
+
+from botlab.agents.reporter import interpret_feedback, make_reporter_model
+from botlab.config import TeamConfig
+from botlab.digest import email_message, standalone_html
+from botlab.notifiers import outbox
+from botlab.notifiers.console import write_atomic
+from botlab.notifiers.feedback import DIGEST_REQUESTED_KEY, apply_one, record
+from botlab.notifiers.replies import Incoming
+from botlab.notifiers.secrets import NotifierConfigError
+from botlab.status import daemon_alive
+from botlab.store import StoreError, open_store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def digest_now(team: TeamConfig, send: bool, console: Console) -> int:
+    """Render the digest now (written to RUN_DIR/digests/preview.*); with send, store and send it."""
+    run_dir = team.run_dir
+    if not (run_dir / "botlab.sqlite").exists():
+        console.print(f"team {team.name} has not run yet ({run_dir} has no database): nothing to report")
+        return EXIT_FAILED
+    try:
+        with open_store(run_dir) as store:
+            if send and daemon_alive(run_dir):
+                # The running daemon owns the outbox; two senders could send a message twice.
+                store.put(DIGEST_REQUESTED_KEY, True)
+                console.print("the running team will send a digest at its next tick")
+                return EXIT_OK
+            return asyncio.run(_send(team, store, console) if send else _preview(team, store, console))
+    except NotifierConfigError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return EXIT_USAGE
+    except StoreError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return EXIT_FAILED
+
+
+async def _preview(team: TeamConfig, store, console: Console) -> int:
+    from botlab.notifiers.service import Reporter
+
+    _, digest = await Reporter(team, store).preview()
+    folder = team.run_dir / "digests"
+    folder.mkdir(parents=True, exist_ok=True)
+    from_addr = team.notifiers.email.from_addr if team.notifiers.email else "botlab@localhost"
+    write_atomic(folder / "preview.html", standalone_html(digest))
+    write_atomic(folder / "preview.txt", digest.text)
+    write_atomic(folder / "preview.eml", email_message(digest, from_addr, from_addr, "<preview@botlab>").as_string())
+    console.print(f"[bold]{digest.subject}[/bold]", highlight=False)
+    console.print(digest.text, highlight=False, markup=False)
+    console.print(f"written to {folder}/preview.html, .txt and .eml (not sent; --send sends it)", highlight=False)
+    return EXIT_OK
+
+
+async def _send(team: TeamConfig, store, console: Console) -> int:
+    from botlab.notifiers.service import Reporter
+
+    reporter = Reporter(team, store, console=console)
+    await reporter.start(listen=False)
+    try:
+        digest_id = await reporter.send_digest("asked for on the command line")
+    finally:
+        await reporter.stop()
+    waiting = outbox.unsent(store)
+    console.print(f"digest #{digest_id} stored; {waiting} message(s) not sent yet" if waiting
+                  else f"digest #{digest_id} sent", highlight=False)
+    return EXIT_FAILED if waiting else EXIT_OK
+
+
+def local_feedback(team: TeamConfig, text: str, console: Console) -> int:
+    """Store the text as feedback (channel "cli") and apply it now, unless a running team will."""
+    if not text.strip():
+        console.print("[red]error:[/red] the feedback text is empty")
+        return EXIT_USAGE
+    try:
+        with open_store(team.run_dir) as store:
+            message = Incoming(channel="cli", external_id=f"cli-{uuid.uuid4()}", sender=_user(), text=text.strip())
+            feedback_id = record(store, message)
+            if daemon_alive(team.run_dir):
+                console.print(f"feedback #{feedback_id} stored; the running team applies it at its next poll")
+                return EXIT_OK
+            model = make_reporter_model(team.roles.reporter)  # 'policy' needs the daemon's engine: keywords here
+            interpreter = (lambda words, cur: interpret_feedback(model, words, cur)) if model is not None else None
+            response = apply_one(store, feedback_id, message.text, interpreter)
+    except StoreError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return EXIT_FAILED
+    console.print(f"feedback #{feedback_id}: {response}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (some containers)
+        return "cli"

@@ -1,0 +1,154 @@
+"""The team's mailbox over IMAP (aioimaplib): fetch what arrived after a stored cursor, and watch with IDLE.
+
+The cursor (UIDVALIDITY and the last UID handled) is kept by the caller in the store, so nothing is read twice
+or missed after a restart. On the very first connection the mail already there is skipped: it predates the team.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Callable
+
+import aioimaplib
+
+log = logging.getLogger(__name__)
+
+IDLE_RENEW_S = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
+_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+_UIDNEXT = re.compile(rb"UIDNEXT (\d+)")
+
+
+class ImapError(Exception):
+    pass
+
+
+@dataclass
+class ImapAccount:
+    host: str
+    port: int
+    security: str  # "tls" | "none"
+    username: str
+    password: str
+    ssl_context: ssl.SSLContext | None = None
+    timeout: float = 15.0
+
+
+async def _connect(account: ImapAccount, conn_lost: Callable | None = None) -> aioimaplib.IMAP4:
+    if account.security == "tls":
+        client = aioimaplib.IMAP4_SSL(account.host, account.port, timeout=account.timeout,
+                                      ssl_context=account.ssl_context, conn_lost_cb=conn_lost)
+    else:
+        client = aioimaplib.IMAP4(account.host, account.port, timeout=account.timeout, conn_lost_cb=conn_lost)
+    await client.wait_hello_from_server()
+    response = await client.login(account.username, account.password)
+    if response.result != "OK":
+        raise ImapError(f"IMAP login as {account.username} failed: {_text(response.lines)}")
+    return client
+
+
+async def _select(client: aioimaplib.IMAP4) -> tuple[int, int]:
+    """Select INBOX; (UIDVALIDITY, UIDNEXT)."""
+    response = await client.select("INBOX")
+    if response.result != "OK":
+        raise ImapError(f"cannot select INBOX: {_text(response.lines)}")
+    joined = b" ".join(bytes(line) for line in response.lines)
+    validity, uidnext = _UIDVALIDITY.search(joined), _UIDNEXT.search(joined)
+    if not validity:
+        raise ImapError("the server sent no UIDVALIDITY for INBOX")
+    return int(validity.group(1)), int(uidnext.group(1)) if uidnext else 0
+
+
+def _text(lines: list) -> str:
+    return " ".join(bytes(line).decode(errors="replace") for line in lines)[:200]
+
+
+async def fetch_new(account: ImapAccount, cursor: dict | None) -> tuple[list[tuple[int, bytes]], dict]:
+    """Messages after the cursor, oldest first, and the cursor to store once they are handled."""
+    client = await _connect(account)
+    try:
+        validity, uidnext = await _select(client)
+        if cursor is None:
+            return [], {"uidvalidity": validity, "last_uid": max(uidnext - 1, 0)}
+        last = cursor["last_uid"] if cursor.get("uidvalidity") == validity else 0  # mailbox rebuilt: read it again
+        response = await client.uid_search(f"UID {last + 1}:*", charset=None)
+        if response.result != "OK":
+            raise ImapError(f"UID SEARCH failed: {_text(response.lines)}")
+        uids = sorted(int(u) for u in bytes(response.lines[0]).split() if int(u) > last)  # n:* always matches the top
+        out = []
+        for uid in uids:
+            fetched = await client.uid("fetch", str(uid), "(BODY.PEEK[])")
+            if fetched.result != "OK" or len(fetched.lines) < 2:
+                raise ImapError(f"UID FETCH {uid} failed: {_text(fetched.lines)}")
+            out.append((uid, bytes(fetched.lines[1])))
+        return out, {"uidvalidity": validity, "last_uid": uids[-1] if uids else last}
+    finally:
+        await _logout(client)
+
+
+async def mark_seen(account: ImapAccount, uids: list[int]) -> None:
+    """Flag handled mail as read, for whoever also looks at the mailbox. Best effort."""
+    if not uids:
+        return
+    client = await _connect(account)
+    try:
+        await _select(client)
+        await client.uid("store", ",".join(map(str, uids)), "+FLAGS", r"(\Seen)")
+    finally:
+        await _logout(client)
+
+
+async def _logout(client: aioimaplib.IMAP4) -> None:
+    try:
+        await client.logout()
+    except Exception:  # the connection may already be gone; nothing to clean up then
+        pass
+
+
+async def watch(account: ImapAccount, on_new_mail: Callable[[], None], max_backoff: float = 60.0) -> None:
+    """Call `on_new_mail` whenever the server announces mail (IDLE); reconnect with backoff. Runs until cancelled."""
+    backoff = 1.0
+    while True:
+        lost = asyncio.Event()
+        try:
+            client = await _connect(account, conn_lost=lambda exc: lost.set())
+            await _select(client)
+            backoff = 1.0
+            on_new_mail()  # mail may have come while we were not watching
+            while not lost.is_set():
+                if await _idle_once(client, lost):
+                    on_new_mail()
+            raise ImapError("connection lost")
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("IMAP watch of %s@%s: %s; reconnecting in %.0f s", account.username, account.host, err,
+                        backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
+
+
+async def _idle_once(client: aioimaplib.IMAP4, lost: asyncio.Event) -> bool:
+    """One IDLE round until a push, the renewal time or a lost connection; True when new mail was announced."""
+    idle = await client.idle_start(timeout=IDLE_RENEW_S)
+    new_mail = False
+    while client.has_pending_idle() and not lost.is_set():
+        push = asyncio.ensure_future(client.wait_server_push())
+        gone = asyncio.ensure_future(lost.wait())
+        done, _ = await asyncio.wait({push, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if push not in done:
+            push.cancel()
+            return new_mail
+        message = push.result()
+        if message == aioimaplib.STOP_WAIT_SERVER_PUSH:
+            break
+        if any(b"EXISTS" in bytes(line) for line in message):
+            new_mail = True
+            break
+    client.idle_done()
+    await asyncio.wait_for(idle, 10)
+    return new_mail

@@ -1,0 +1,234 @@
+"""The reporter as the daemon sees it: one object that sends digests, reads feedback and keeps the schedule.
+
+All network work is async and runs on the daemon's asyncio loop; model calls run in a worker thread so IMAP IDLE
+and the Nostr subscription keep being served meanwhile. Schedule times live in the store, so a restart after a
+long downtime catches up with one digest, never a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email import policy
+from typing import Any
+
+from rich.console import Console
+
+from botlab.agents.reporter import interpret_feedback, make_reporter_model, write_narrative
+from botlab.config import TeamConfig
+from botlab.digest import (
+    DigestFacts, RenderedDigest, collect_facts, email_message, render, standalone_html, template_narrative,
+)
+from botlab.notifiers import outbox
+from botlab.notifiers.console import ConsoleChannel
+from botlab.notifiers.feedback import DIGEST_REQUESTED_KEY, apply_pending, record
+from botlab.notifiers.mail import EmailChannel, digest_message_id
+from botlab.store import Store
+
+log = logging.getLogger(__name__)
+
+DIGEST_AT_KEY, POLL_AT_KEY, NEXT_DIGEST_KEY = "schedule/digest_at", "schedule/poll_at", "next_digest_at"
+SMTP_POLICY = policy.SMTP.clone(max_line_length=998)  # long Message-IDs must not be folded
+
+
+class Reporter:
+    def __init__(self, team: TeamConfig, store: Store, model: Any = None, console: Console | None = None,
+                 dkim_dns=None):
+        self.team = team
+        self.store = store
+        self.model = make_reporter_model(team.roles.reporter, model)
+        self.console = console
+        self.dkim_dns = dkim_dns  # a DNS lookup for DKIM keys; None = real DNS (tests pass their own)
+        self.channels: dict[str, Any] = {}
+        self._flush_lock = asyncio.Lock()
+        self._poll_lock = asyncio.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------------
+
+    def _build_channels(self) -> dict[str, Any]:
+        """Raises NotifierConfigError (naming the team.yaml field) when a secret or key is missing or malformed."""
+        n, channels = self.team.notifiers, {}
+        if n.console.enabled:
+            channels["console"] = ConsoleChannel(self.team.run_dir, self.console)
+        if n.email is not None and n.email.enabled:
+            email = n.email
+            if email.ca_file is not None and not email.ca_file.is_absolute() and self.team._source is not None:
+                email = email.model_copy(update={"ca_file": self.team._source.parent / email.ca_file})
+            channels["email"] = EmailChannel(email, self.store, self.team.name, dkim_dns=self.dkim_dns)
+        if n.nostr is not None and n.nostr.enabled:
+            from botlab.notifiers.nostr import NostrChannel  # loads the nostr-sdk library only when used
+
+            channels["nostr"] = NostrChannel(n.nostr, self.store)
+        return channels
+
+    async def start(self, listen: bool = True) -> None:
+        """Connect the channels and start listening for replies (listen=False: send only, for the CLI)."""
+        self.channels = self._build_channels()
+        for channel in self.channels.values():
+            await channel.start(listen=listen)
+        if self.store.get(DIGEST_AT_KEY) is None:
+            self.store.put(DIGEST_AT_KEY, time.time())  # the first digest comes one interval after the first start
+        self._set_next_digest()
+
+    async def stop(self) -> None:
+        for channel in self.channels.values():
+            try:
+                await channel.stop()
+            except Exception as err:
+                log.warning("stopping the %s channel: %s", channel.name, err)
+
+    # --- digests -----------------------------------------------------------------------------------------------------
+
+    async def preview(self, now: float | None = None) -> tuple[DigestFacts, RenderedDigest]:
+        """The digest as it would go out now; nothing is stored."""
+        facts = collect_facts(self.store, self.team, now)
+        narrative, source = await self._narrative(facts)
+        return facts, render(facts, narrative, source)
+
+    async def send_digest(self, reason: str, now: float | None = None) -> int | None:
+        """Render, store, enqueue for every channel, flush. None when nothing new happened on a scheduled digest."""
+        now = time.time() if now is None else now
+        facts = collect_facts(self.store, self.team, now)
+        if reason == "schedule" and not (facts.steps or facts.feedback or facts.errors):
+            self._digest_done(now)
+            log.info("scheduled digest skipped: nothing happened since the last one")
+            return None
+        narrative, source = await self._narrative(facts)
+        digest = render(facts, narrative, source)
+        digest_id = self._store_digest(facts, digest, now)
+        self.store.log_event("digest", f"digest #{digest_id} ({reason}, narrative: {source})")
+        await self.flush_outbox(now)
+        return digest_id
+
+    async def _narrative(self, facts: DigestFacts) -> tuple[str, str]:
+        if self.model is None:
+            return template_narrative(facts), "template"
+        limit = self.team.roles.reporter.max_words
+        text, why = await asyncio.to_thread(write_narrative, self.model, facts.for_agent(), limit)
+        if text:
+            return text, "model"
+        self.store.log_event("reporter", f"digest #{facts.number}: template narrative used, {why}", level="warning")
+        return template_narrative(facts), "template"
+
+    def _store_digest(self, facts: DigestFacts, digest: RenderedDigest, now: float) -> int:
+        """The digest row, its feedback marked as reported and one outbox row per channel and recipient, at once."""
+        email = self.team.notifiers.email
+        from_addr = email.from_addr if email else f"botlab@{self.team.name}.invalid"
+        digest_id = facts.number
+        message_id = digest_message_id(from_addr, digest_id)
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO digests(id, created_at, first_step, last_step, message_id, subject, text, html, short, "
+                "narrative_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (digest_id, now, facts.first_step, facts.last_step, message_id, digest.subject, digest.text,
+                 digest.html, digest.short, digest.narrative_source),
+            )
+            db.executemany("UPDATE feedback SET reported_in = ? WHERE id = ?",
+                           [(digest_id, note.id) for note in facts.feedback])
+            for channel, recipient, kind, payload in self._messages(digest, digest_id, from_addr, message_id, now):
+                outbox.enqueue(db, channel, recipient, kind, payload, f"digest-{digest_id}:{channel}:{recipient}", now)
+            self._digest_done(now)
+        return digest_id
+
+    def _messages(self, digest: RenderedDigest, digest_id: int, from_addr: str, message_id: str, now: float):
+        n = self.team.notifiers
+        if "console" in self.channels:
+            to = ", ".join(n.email.to) if n.email else "you@localhost"
+            eml = email_message(digest, from_addr, to, message_id, now).as_string(policy=SMTP_POLICY)
+            stem = f"digest-{digest_id:04d}"
+            files = {f"{stem}.html": standalone_html(digest), f"{stem}.txt": digest.text, f"{stem}.eml": eml}
+            summary = digest.short.splitlines()[1] if len(digest.short.splitlines()) > 1 else digest.short
+            yield "console", "console", "digest", {"subject": digest.subject, "summary": summary, "files": files}
+        if "email" in self.channels:
+            for to in n.email.to:
+                raw = email_message(digest, from_addr, to, message_id, now).as_string(policy=SMTP_POLICY)
+                yield "email", to, "digest", {"raw": raw, "digest_id": digest_id}
+        if "nostr" in self.channels:
+            for pubkey in self.channels["nostr"].recipients:
+                yield "nostr", pubkey.to_hex(), "digest", {"text": digest.short, "digest_id": digest_id}
+            if n.nostr.public_notes:
+                yield "nostr", "public", "note", {"text": digest.short.splitlines()[0]}
+
+    def _digest_done(self, now: float) -> None:
+        self.store.put(DIGEST_AT_KEY, now)
+        self.store.put(DIGEST_REQUESTED_KEY, False)
+        self._set_next_digest()
+
+    def _set_next_digest(self) -> None:
+        every = self.team.schedules.seconds("digest_every")
+        last = self.store.get(DIGEST_AT_KEY)
+        self.store.put(NEXT_DIGEST_KEY, last + every if every > 0 and last is not None else None)
+
+    # --- the outbox --------------------------------------------------------------------------------------------------
+
+    async def flush_outbox(self, now: float | None = None) -> int:
+        """Send what is due; returns how many went out. Failures wait for their retry time."""
+        sent = 0
+        async with self._flush_lock:  # one flush at a time: a message is never sent by two flushes
+            for item in outbox.due(self.store, time.time() if now is None else now):
+                channel = self.channels.get(item.channel)
+                try:
+                    if channel is None:
+                        raise RuntimeError(f"the {item.channel} channel is not enabled or not started")
+                    await channel.send(item)
+                except Exception as err:
+                    at = time.time() if now is None else now
+                    retry = outbox.mark_failed(self.store, item, f"{type(err).__name__}: {err}", at)
+                    log.warning("sending %s to %s failed (%s); retry in %.0f s", item.kind, item.recipient, err,
+                                retry - at)
+                    if item.attempts == 0:
+                        self.store.log_event("send_failed", f"{item.channel} to {item.recipient}: {err}",
+                                             level="warning")
+                    continue
+                outbox.mark_sent(self.store, item, time.time())
+                sent += 1
+        return sent
+
+    # --- feedback ----------------------------------------------------------------------------------------------------
+
+    def _interpreter(self):
+        if self.model is None:
+            return None
+        return lambda text, curriculum: interpret_feedback(self.model, text, curriculum)
+
+    async def poll_feedback(self) -> list[int]:
+        """Read new replies on every channel, store them (once), apply their directives; the ids applied."""
+        async with self._poll_lock:
+            for channel in self.channels.values():
+                try:
+                    incoming = await channel.receive()
+                except Exception as err:  # a server is down: the next poll tries again, the cursor did not move
+                    log.warning("reading feedback from %s failed: %s", channel.name, err)
+                    continue
+                for message in incoming:
+                    if record(self.store, message) is None:
+                        log.info("duplicate %s message %s ignored", message.channel, message.external_id)
+                await channel.commit_receive()
+            self.store.put(POLL_AT_KEY, time.time())
+            return await asyncio.to_thread(apply_pending, self.store, self._interpreter())
+
+    def _reply_waiting(self) -> bool:
+        for channel in self.channels.values():
+            event = getattr(channel, "new_mail", None) or getattr(channel, "new_message", None)
+            if event is not None and event.is_set():
+                return True
+        return False
+
+    # --- the schedule ------------------------------------------------------------------------------------------------
+
+    async def tick(self, now: float | None = None) -> None:
+        """Do what is due: read feedback, send a digest (scheduled or asked for), retry unsent messages."""
+        now = time.time() if now is None else now
+        schedules = self.team.schedules
+        last_poll = self.store.get(POLL_AT_KEY) or 0
+        if self._reply_waiting() or now - last_poll >= schedules.seconds("feedback_poll_every"):
+            await self.poll_feedback()
+        every = schedules.seconds("digest_every")
+        last_digest = self.store.get(DIGEST_AT_KEY) or now
+        if self.store.get(DIGEST_REQUESTED_KEY):
+            await self.send_digest("asked for by feedback", now)
+        elif every > 0 and now - last_digest >= every:
+            await self.send_digest("schedule", now)  # once, however many intervals were missed
+        await self.flush_outbox(now)
+
