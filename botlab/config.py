@@ -86,6 +86,9 @@ class ModelConfig(Strict):
     enforce_eager: bool = Field(True, description="skip vLLM graph capture/compilation (fast start, slower decode)")
     cpu_kv_cache_gib: float = Field(2, gt=0, description="KV cache size of the vLLM CPU backend, GiB")
     sleep_mode: bool = Field(False, description="let vLLM release GPU memory while the learner trains")
+    transformers_batch_size: int = Field(
+        64, ge=1, description="sequences per generate call of the transformers engine (bounds its KV-cache memory)"
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
@@ -176,15 +179,42 @@ class TrainConfig(Strict):
 
 
 class ExecutorConfig(Strict):
-    workers: int | Literal["auto"] = Field("auto", description="sandbox worker processes; auto = CPU count")
-    timeout_s: float = Field(5.0, gt=0, description="wall-clock limit per program run (hard kill)")
+    """The sandbox that validates proposals and checks answers (botlab.sandbox); reasons in runtime/reasons.py."""
+
+    workers: int | Literal["auto"] = Field(
+        "auto", description="programs run at once (each in its own process); auto = CPUs available to us"
+    )
+    timeout_s: float = Field(5.0, gt=0, description="wall-clock limit per program run, all of its inputs (hard kill)")
     cpu_s: int = Field(5, ge=1, description="CPU-time limit per program run")
-    memory_mb: int = Field(512, ge=64, description="address-space limit of a worker")
-    max_input_chars: int = Field(1000, ge=10)
+    memory_mb: int = Field(512, ge=64, description="address-space limit of each program process")
+    max_input_chars: int = Field(1000, ge=10, description="longest input (or abduction answer) text")
     max_output_chars: int = Field(1000, ge=10, description="canonical reprs longer than this make a task invalid")
+    max_program_chars: int = Field(20000, ge=100, description="longest program text the gate will parse")
     banned_modules: list[str] | None = Field(None, description="replaces the built-in list of forbidden imports")
     extra_banned_modules: list[str] = Field(default_factory=list, description="added to the forbidden imports")
-    tasks_per_worker: int = Field(200, ge=1, description="a worker is recycled after this many programs")
+    banned_builtins: list[str] | None = Field(
+        None, description="replaces the built-in list of forbidden builtins (eval, exec, open, __import__, ...)"
+    )
+    block_introspection: bool = Field(
+        True,
+        description="reject dunder, frame and private-module attribute access (the classic escape routes); "
+        "turn off only to test the OS-level isolation",
+    )
+    allow_none_output: bool = Field(False, description="accept tasks whose f returns None (AZR did, by accident)")
+    namespaces: bool = Field(
+        True, description="isolate with Linux namespaces (network, pid, mount; user ns when not root) where allowed"
+    )
+    tasks_per_worker: int = Field(
+        10000, ge=1, description="a fork-server worker is replaced after this many runs (each run is a new process)"
+    )
+
+    @field_validator("banned_modules", "extra_banned_modules", "banned_builtins")
+    @classmethod
+    def _dotted_names(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or []:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"{name!r} is not a module or builtin name")
+        return v
 
 
 class SchedulesConfig(Strict):

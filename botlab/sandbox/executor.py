@@ -1,0 +1,337 @@
+"""The sandboxed executor: validates AZR task proposals and checks solver answers, in parallel, in isolation.
+
+Model code never runs in this process, and is not even parsed here: each batch item becomes one or two jobs for
+the pool of fork-server workers (workers.py, runtime/hub.py), which gate, compile and run it in fresh processes.
+
+Determinism: a proposal runs twice, in two fresh processes whose interpreters have different hash seeds, so set
+iteration order, hash() and id() cannot make a task that looks deterministic. Only the first run's outputs are
+kept, and only if the second run's are identical.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from botlab.config import ExecutorConfig
+from botlab.sandbox.runtime.gate import DEFAULT_BANNED_BUILTINS, DEFAULT_BANNED_MODULES
+from botlab.sandbox.runtime.protocol import WorkerGone
+from botlab.sandbox.workers import START_TIMEOUT_S, Worker
+
+HASH_SEEDS = (1, 2)  # worker group 0 and group 1; the two runs of a validation use one of each
+GRACE_S = 10.0  # beyond its own deadline, how long a worker may take to answer before it is replaced
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Outcome of validating one proposal: its canonical outputs (one per input) or why it is invalid."""
+
+    valid: bool
+    outputs: list[str] = field(default_factory=list)
+    reason: str | None = None  # a key of botlab.sandbox.REASONS when invalid
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of checking one solver answer."""
+
+    correct: bool
+    reason: str | None = None  # a key of botlab.sandbox.REASONS when not correct ("wrong_answer" if it just differs)
+    detail: str = ""
+
+
+@dataclass
+class _Run:
+    """One job for one worker. A validation has two stages; the second must go to the other hash-seed group."""
+
+    key: int
+    job: dict
+    group: int | None = None
+    stage: int = 1
+    attempt: int = 0
+
+
+class Executor:
+    """A pool of sandbox workers, pre-started. Use as a context manager, or call close()."""
+
+    def __init__(self, config: ExecutorConfig | None = None):
+        self.config = config or ExecutorConfig()
+        self.slots = _worker_count(self.config.workers)
+        self._lock = threading.Lock()
+        self._log_dir = Path(tempfile.mkdtemp(prefix="botlab-sandbox-logs-"))
+        settings = _worker_settings(self.config)
+        self._workers = [Worker(i, HASH_SEEDS[i % 2], settings, self._log_dir) for i in range(2 * self.slots)]
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._log_dir)
+        try:
+            for worker in self._workers:
+                worker.start()
+            deadline = time.monotonic() + START_TIMEOUT_S
+            for worker in self._workers:
+                worker.wait_ready(deadline)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def isolation(self) -> str:
+        """Which isolation is active, in words (e.g. whether a network namespace could be created)."""
+        return self._workers[0].isolation
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the fork-server workers (for monitoring and tests)."""
+        return [w.pid for w in self._workers if w.pid is not None]
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- the public batch API ---------------------------------------------------------------------------------------
+
+    def validate_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[Validation]:
+        """Validate proposals (program, inputs): each input is the text of f's arguments, run as f(<input>)."""
+        results: list[Validation | None] = [None] * len(items)
+        first_outputs: dict[int, list[str]] = {}
+        runs = []
+        for i, item in enumerate(items):
+            program, inputs = _pair(item, i, "(program, inputs)")
+            inputs = [_text(x, f"item {i} input {j}") for j, x in enumerate(_seq(inputs, f"item {i} inputs"))]
+            problem = self._program_problem(_text(program, f"item {i} program")) or self._inputs_problem(inputs)
+            if problem:
+                results[i] = Validation(False, [], *problem)
+            else:
+                runs.append(_Run(i, {"kind": "run", "program": program, "inputs": inputs}))
+
+        def on_result(run: _Run, group: int, result: dict) -> _Run | None:
+            if run.stage == 1:
+                if result["reason"]:
+                    results[run.key] = Validation(False, [], result["reason"], result["detail"])
+                    return None
+                first_outputs[run.key] = result["outputs"]
+                return _Run(run.key, run.job, group=1 - group, stage=2)
+            first = first_outputs.pop(run.key)
+            if result["reason"]:
+                detail = f"the first run succeeded, the second failed: {result['reason']} ({result['detail']})"
+                results[run.key] = Validation(False, [], "nondeterministic", detail)
+            elif result["outputs"] != first:
+                results[run.key] = Validation(False, [], "nondeterministic", _difference(run.job, first, result))
+            else:
+                results[run.key] = Validation(True, first)
+            return None
+
+        self._schedule(runs, on_result)
+        return results  # type: ignore[return-value]
+
+    def check_outputs(self, items: Sequence[tuple[str, str]]) -> list[CheckResult]:
+        """Deduction: is each answer expression equal (==) to the gold output? Items are (gold_repr, answer)."""
+        jobs: list[dict | tuple[str, str]] = []
+        for i, item in enumerate(items):
+            gold, answer = (_text(x, f"item {i} {n}") for x, n in zip(_pair(item, i, "(gold, answer)"), ("gold", "answer")))
+            too_long = len(answer) > 2 * self.config.max_output_chars
+            jobs.append(("input_too_large", "the answer is too long") if too_long else
+                        {"kind": "check_output", "gold": gold, "answer": answer})
+        return self._check(jobs)
+
+    def check_inputs(self, items: Sequence[tuple[str, str, str]]) -> list[CheckResult]:
+        """Abduction: does f(answer_input) equal the gold output? Items are (program, gold_repr, answer_input)."""
+        jobs: list[dict | tuple[str, str]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise ValueError(f"item {i} must be a (program, gold_output, answer_input) tuple, not {item!r:.80}")
+            program, gold, answer = (_text(x, f"item {i} {n}") for x, n in zip(item, ("program", "gold", "answer")))
+            problem = self._program_problem(program) or self._inputs_problem([answer])
+            jobs.append(problem or {"kind": "check_input", "program": program, "gold": gold, "answer": answer})
+        return self._check(jobs)
+
+    def check_programs(self, items: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> list[CheckResult]:
+        """Induction: does the answer program map every input to its gold output? Items are (program, pairs)."""
+        jobs: list[dict | tuple[str, str]] = []
+        for i, item in enumerate(items):
+            program, pairs = _pair(item, i, "(program, [(input, gold_output), ...])")
+            pairs = [tuple(_text(x, f"item {i} pair {j}") for x in _pair(p, j, "(input, gold)"))
+                     for j, p in enumerate(_seq(pairs, f"item {i} pairs"))]
+            problem = self._program_problem(_text(program, f"item {i} program")) or self._inputs_problem(
+                [text for text, _ in pairs]
+            )
+            jobs.append(problem or {"kind": "check_program", "program": program, "pairs": pairs})
+        return self._check(jobs)
+
+    # --- helpers ---------------------------------------------------------------------------------------------------
+
+    def _program_problem(self, program: str) -> tuple[str, str] | None:
+        limit = self.config.max_program_chars
+        if len(program) > limit:
+            return "program_too_large", f"{len(program)} characters, the limit is {limit}"
+        return None
+
+    def _inputs_problem(self, inputs: list[str]) -> tuple[str, str] | None:
+        if not inputs:
+            return "no_inputs", "no inputs given"
+        limit = self.config.max_input_chars
+        for j, text in enumerate(inputs):
+            if len(text) > limit:
+                return "input_too_large", f"input {j} has {len(text)} characters, the limit is {limit}"
+        return None
+
+    def _check(self, jobs: list[dict | tuple[str, str]]) -> list[CheckResult]:
+        results: list[CheckResult | None] = [None] * len(jobs)
+        runs = []
+        for i, job in enumerate(jobs):
+            if isinstance(job, tuple):
+                results[i] = CheckResult(False, *job)
+            else:
+                runs.append(_Run(i, job))
+
+        def on_result(run: _Run, group: int, result: dict) -> None:
+            results[run.key] = CheckResult(result["reason"] is None, result["reason"], result["detail"])
+
+        self._schedule(runs, on_result)
+        return results  # type: ignore[return-value]
+
+    # --- the scheduler ---------------------------------------------------------------------------------------------
+
+    def _schedule(self, runs: list[_Run], on_result: Callable[[_Run, int, dict], _Run | None]) -> None:
+        """Run jobs on the pool, `slots` at a time, until every run (and follow-up run) has a result."""
+        if not runs:
+            return
+        with self._lock:
+            queues: dict[int | None, deque[_Run]] = {None: deque(runs), 0: deque(), 1: deque()}
+            busy: dict[Worker, tuple[_Run, float]] = {}
+            with selectors.DefaultSelector() as selector:
+                while any(queues.values()) or busy:
+                    self._dispatch(queues, busy, selector, on_result)
+                    self._collect(queues, busy, selector, on_result)
+
+    def _dispatch(self, queues, busy, selector, on_result) -> None:
+        while len(busy) < self.slots:
+            worker, run = self._next_assignment(queues, busy)
+            if run is None:
+                return
+            try:
+                worker.send(run.job)
+            except WorkerGone:
+                self._worker_failed(worker, run, queues, on_result)
+                continue
+            busy[worker] = (run, time.monotonic() + self.config.timeout_s + GRACE_S)
+            selector.register(worker, selectors.EVENT_READ)
+
+    def _next_assignment(self, queues, busy) -> tuple[Worker | None, _Run | None]:
+        idle = [w for w in self._workers if w not in busy]
+        for group in (0, 1):  # second stages first: they finish items
+            if queues[group]:
+                worker = next((w for w in idle if w.index % 2 == group), None)
+                if worker:
+                    return worker, queues[group].popleft()
+        if queues[None] and idle:
+            busy_in_group0 = sum(1 for w in busy if w.index % 2 == 0)
+            group = 0 if busy_in_group0 <= len(busy) - busy_in_group0 else 1
+            worker = next((w for w in idle if w.index % 2 == group), idle[0])
+            return worker, queues[None].popleft()
+        return None, None
+
+    def _collect(self, queues, busy, selector, on_result) -> None:
+        if not busy:
+            return
+        timeout = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
+        for key, _ in selector.select(timeout):
+            worker = key.fileobj
+            run, _ = busy.pop(worker)
+            selector.unregister(worker)
+            try:
+                result = worker.receive()
+            except WorkerGone:
+                self._worker_failed(worker, run, queues, on_result)
+                continue
+            self._follow_up(on_result(run, worker.index % 2, result), queues)
+            if worker.runs >= self.config.tasks_per_worker:
+                worker.restart()
+        now = time.monotonic()
+        for worker, (run, deadline) in list(busy.items()):
+            if now > deadline:  # the worker itself is stuck: its own deadline should have fired long ago
+                busy.pop(worker)
+                selector.unregister(worker)
+                self._worker_failed(worker, run, queues, on_result)
+
+    def _worker_failed(self, worker: Worker, run: _Run, queues, on_result) -> None:
+        """Replace the worker; retry its run once, then give up on that item."""
+        worker.restart()
+        if run.attempt == 0:
+            run.attempt = 1
+            queues[run.group].appendleft(run)
+            return
+        failure = {"reason": "worker_crash", "detail": "the sandbox worker died twice on this item", "outputs": []}
+        self._follow_up(on_result(run, worker.index % 2, failure), queues)
+
+    @staticmethod
+    def _follow_up(run: _Run | None, queues) -> None:
+        if run is not None:
+            queues[run.group].append(run)
+
+
+def _worker_count(workers: int | str) -> int:
+    if workers == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"executor.workers must be 'auto' or a number >= 1, not {workers!r}")
+    return workers
+
+
+def _worker_settings(config: ExecutorConfig) -> dict:
+    banned = list(DEFAULT_BANNED_MODULES) if config.banned_modules is None else list(config.banned_modules)
+    builtins = list(DEFAULT_BANNED_BUILTINS) if config.banned_builtins is None else list(config.banned_builtins)
+    return {
+        "timeout_s": config.timeout_s,
+        "cpu_s": config.cpu_s,
+        "memory_mb": config.memory_mb,
+        "max_output_chars": config.max_output_chars,
+        "allow_none_output": config.allow_none_output,
+        "banned_modules": sorted(set(banned + list(config.extra_banned_modules))),
+        "banned_builtins": sorted(set(builtins)),
+        "block_introspection": config.block_introspection,
+        "namespaces": config.namespaces,
+    }
+
+
+def _shutdown(workers: list[Worker], log_dir: Path) -> None:
+    for worker in workers:
+        worker.kill()
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _difference(job: dict, first: list[str], result: dict) -> str:
+    for i, (a, b) in enumerate(zip(first, result["outputs"])):
+        if a != b:
+            return f"input {i} ({job['inputs'][i][:60]}): first run {a[:80]}, second run {b[:80]}"
+    return "the runs returned different numbers of outputs"
+
+
+def _pair(item: object, index: int, shape: str) -> tuple:
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ValueError(f"item {index} must be a {shape} pair, not {item!r:.80}")
+    return tuple(item)
+
+
+def _seq(value: object, where: str) -> list:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{where} must be a list of strings, not {type(value).__name__}")
+    return list(value)
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, not {type(value).__name__}")
+    return value

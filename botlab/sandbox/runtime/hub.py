@@ -1,0 +1,319 @@
+"""A sandbox worker: a fork server that gates and compiles each job, then runs it in a fresh confined process.
+
+Started by the trainer as `python -S ... -c "from runtime.hub import main; main()"`. Its life:
+1. read the settings frame, preload the standard-library modules programs may import, clear the environment;
+2. enter namespaces (isolation.py) and fork its init, which serves jobs (pid 1 of the new pid namespace);
+3. per job: parse + gate + compile here (cached), fork a child that confines itself and runs the code objects,
+   wait for its JSON result under a hard wall-clock deadline, SIGKILL whatever is left, remove its temp dir.
+The worker itself never runs model code; every program run is a new process.
+"""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import gc
+import os
+import select
+import signal
+import sys
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from . import gate, isolation
+from .child import Job, decode_result, encode_result, run_job, safe_builtins
+from .protocol import WorkerGone, read_frame, write_frame
+
+# Modules programs may import (minus the banned list). Loaded before the fork, so a program pays nothing for them;
+# other modules may be unreadable for the confined user and are then simply missing.
+PRELOAD = (
+    "__future__", "abc", "array", "ast", "base64", "binascii", "bisect", "cmath", "collections", "collections.abc",
+    "contextlib", "copy", "dataclasses", "decimal", "difflib", "enum", "fractions", "functools", "graphlib", "heapq",
+    "itertools", "json", "keyword", "math", "numbers", "operator", "pprint", "queue", "re", "reprlib", "statistics",
+    "string", "struct", "textwrap", "typing", "unicodedata", "zlib",
+)
+CACHE_SIZE = 128  # compiled programs kept; a small heap keeps every fork cheap
+
+# fork(2) without CPython's at-fork handlers. The worker is single-threaded, so there is nothing for them to
+# repair, and the ones that preloaded modules register (threading's, random's reseeding) would cost every program
+# process ~180 copy-on-write page faults, about 0.6 ms. PyDLL keeps the GIL held across the call.
+try:
+    _raw_fork = ctypes.PyDLL(None).fork
+    _raw_fork.restype = ctypes.c_int
+except AttributeError:  # not glibc/musl: the ordinary fork is correct, only slower
+    _raw_fork = os.fork
+
+
+@dataclass(frozen=True)
+class Settings:
+    timeout_s: float
+    cpu_s: int
+    memory_mb: int
+    max_output_chars: int
+    allow_none_output: bool
+    banned_modules: list[str]
+    banned_builtins: list[str]
+    block_introspection: bool
+    namespaces: bool
+
+
+def main() -> None:
+    settings = Settings(**read_frame(0))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1, default-handled signals from programs are ignored
+    os.environ.clear()
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]  # programs cannot import us by path
+    iso = isolation.enter_namespaces(settings.namespaces)
+    if iso.pid:
+        _become_init()
+    isolation.finish_in_init(iso)
+    hub = Hub(settings, iso)
+    gc.freeze()  # keep the collector off the inherited heap in children: fewer copy-on-write faults
+    write_frame(1, {"ready": True, "isolation": iso.describe(), "pid": os.getpid()})
+    hub.serve()
+
+
+def _become_init() -> None:
+    """The first child in a new pid namespace is its init; the original process just waits and exits with it."""
+    pid = os.fork()
+    if pid:
+        os.close(0)
+        os.close(1)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    isolation.set_parent_death_signal()
+
+
+class Hub:
+    def __init__(self, settings: Settings, iso: isolation.Isolation):
+        self.settings = settings
+        self.iso = iso
+        self.policy = gate.Policy(
+            frozenset(settings.banned_modules), frozenset(settings.banned_builtins), settings.block_introspection
+        )
+        self.builtins = safe_builtins(self.policy.banned_builtins, self.policy.module_banned)
+        self.cache: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self.null_fd = os.open(os.devnull, os.O_RDWR)
+        self.base = self._make_base_dir()
+        self.runs = 0
+
+    def serve(self) -> None:
+        """Until the trainer closes the pipe (or dies): a worker never outlives it."""
+        try:
+            while True:
+                write_frame(1, self.handle(read_frame(0)))
+        except WorkerGone:
+            return
+
+    def handle(self, job: dict) -> dict:
+        try:
+            prepared = self.prepare(job)
+        except gate.Rejected as rejected:
+            return {"reason": rejected.reason, "detail": rejected.detail, "outputs": []}
+        return self.run_confined(prepared, len(job.get("inputs") or job.get("pairs") or [0]))
+
+    # --- gate and compile ---------------------------------------------------------------------------------------
+
+    def prepare(self, job: dict) -> Job:
+        kind = job["kind"]
+        if kind == "run":
+            return Job(kind, self.compiled("program", job["program"]), tuple(self.compiled("call", i) for i in job["inputs"]))
+        if kind == "check_output":
+            return Job(kind, golds=(self.compiled("gold", job["gold"]),), answer=self.compiled("answer", job["answer"]))
+        if kind == "check_input":
+            program = self.compiled("program", job["program"])
+            return Job(kind, program, (self.compiled("call", job["answer"]),), (self.compiled("gold", job["gold"]),))
+        if kind == "check_program":
+            program = self.compiled("program", job["program"])
+            calls = tuple(self.compiled("call", text) for text, _ in job["pairs"])
+            return Job(kind, program, calls, tuple(self.compiled("gold", gold) for _, gold in job["pairs"]))
+        raise ValueError(f"unknown job kind {kind!r}")
+
+    def compiled(self, role: str, text: str):
+        key = (role, text)
+        hit = self.cache.get(key)
+        if hit is None:
+            try:
+                hit = self._compile(role, text)
+            except gate.Rejected as rejected:
+                hit = rejected
+            self.cache[key] = hit
+            if len(self.cache) > CACHE_SIZE:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(key)
+        if isinstance(hit, gate.Rejected):
+            raise hit
+        return hit
+
+    def _compile(self, role: str, text: str):
+        source, mode = {"program": (text, "exec"), "call": (f"f(\n{text}\n)", "eval")}.get(role, (text.strip(), "eval"))
+        parse_fail = {"program": "syntax_error", "call": "bad_input", "answer": "syntax_error", "gold": "bad_gold"}[role]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings of model code are not ours to print
+            try:
+                tree = ast.parse(source, f"<{role}>", mode)
+                if role == "call" and not _is_call_of_f(tree):
+                    raise gate.Rejected("bad_input", "the input is not an argument list: f(<input>) is not one call")
+                gate.check(tree, self.policy, sys.modules)
+                return compile(tree, f"<{role}>", mode)
+            except gate.Rejected:
+                raise
+            except SyntaxError as err:
+                raise gate.Rejected(parse_fail, f"{err.msg} (line {err.lineno})") from None
+            except (ValueError, RecursionError, MemoryError, OverflowError) as err:
+                raise gate.Rejected(parse_fail, f"{type(err).__name__}: {err}"[:200]) from None
+
+    # --- run in a confined child --------------------------------------------------------------------------------
+
+    def run_confined(self, job: Job, n_outputs: int) -> dict:
+        self.runs += 1
+        workdir = os.path.join(self.base, str(self.runs))
+        os.mkdir(workdir, 0o700)
+        if self.iso.run_as:
+            os.chown(workdir, *self.iso.run_as)
+        read_fd, write_fd = os.pipe()
+        pid = _raw_fork()
+        if pid < 0:
+            raise OSError("fork failed")
+        if pid == 0:
+            self._child(job, read_fd, write_fd, workdir)
+        os.close(write_fd)
+        cap = 65536 + n_outputs * (self.settings.max_output_chars * 6 + 16)
+        status = None
+        try:
+            data, status, cpu, timed_out = self._collect(pid, read_fd, cap)
+        finally:
+            os.close(read_fd)
+            self._kill_leftovers(pid, reaped=status is not None)
+            _remove_tree(workdir)
+        return self._interpret(data, status, cpu, timed_out, cap)
+
+    def _child(self, job: Job, read_fd: int, write_fd: int, workdir: str) -> None:
+        try:
+            gc.freeze()  # the collector must not walk (and so copy) the worker's young objects: O(1) list splice
+            os.close(read_fd)
+            s = self.settings
+            isolation.confine_child(self.iso, s.cpu_s, s.memory_mb, self.null_fd, write_fd, workdir)
+            result = run_job(job, self.builtins, s.max_output_chars, s.allow_none_output)
+            view = memoryview(encode_result(result))
+            while view:
+                view = view[os.write(write_fd, view) :]
+        finally:
+            os._exit(0)
+
+    def _collect(self, pid: int, read_fd: int, cap: int) -> tuple[bytes, int | None, float, bool]:
+        """Read the child's result until it exits or the deadline passes; (data, wait status, cpu s, timed out)."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        pidfd = os.pidfd_open(pid)
+        chunks: list[bytes] = []
+        size, reading, status, cpu = 0, True, None, 0.0
+        try:
+            while reading or status is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or size > cap:
+                    return b"".join(chunks), None, 0.0, remaining <= 0
+                ready, _, _ = select.select([read_fd] if reading else [pidfd], [], [], remaining)
+                if read_fd in ready:
+                    chunk = os.read(read_fd, 65536)
+                    reading = bool(chunk)
+                    chunks.append(chunk)
+                    size += len(chunk)
+                elif pidfd in ready:
+                    _, status, usage = os.wait4(pid, 0)
+                    cpu = usage.ru_utime + usage.ru_stime
+        finally:
+            os.close(pidfd)
+        return b"".join(chunks), status, cpu, False
+
+    def _kill_leftovers(self, pid: int, reaped: bool) -> None:
+        """Nothing a program started may survive it."""
+        if self.iso.pid and os.getpid() == 1:
+            targets = [-1]  # as init: every other process in this namespace
+        else:
+            targets = [-pid] if reaped else [-pid, pid]  # its process group outlives it only with members
+        for target in targets:
+            try:
+                os.kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        while True:  # reap our child and any orphan handed to us as init
+            try:
+                got, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if got == 0:
+                if self._still_running(pid):
+                    continue
+                return
+
+    @staticmethod
+    def _still_running(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _interpret(self, data: bytes, status: int | None, cpu: float, timed_out: bool, cap: int) -> dict:
+        s = self.settings
+        if timed_out:
+            return _failure("timeout", f"wall-clock limit of {s.timeout_s:g} s")
+        if status is None:
+            return _failure("output_too_large", f"the result exceeded {cap} bytes")
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= s.cpu_s):
+                return _failure("timeout", f"CPU-time limit of {s.cpu_s} s")
+            if sig == signal.SIGXFSZ:
+                return _failure("file_too_large", "a file grew past the file-size limit")
+            return _failure("crash", f"killed by {signal.Signals(sig).name}")
+        result = decode_result(data) if data else None
+        if result is None:
+            return _failure("crash", f"exited with status {os.waitstatus_to_exitcode(status)} and no valid result")
+        return result
+
+    def _make_base_dir(self) -> str:
+        # The private /tmp when there is one; else a tmpfs if the host has one (a disk rmdir costs milliseconds).
+        root = "/tmp" if self.iso.private_tmp or not os.access("/dev/shm", os.W_OK) else "/dev/shm"
+        path = os.path.join(root, f"botlab-sandbox-{os.getpid()}-{time.time_ns()}")
+        os.mkdir(path, 0o711)  # the confined user may enter its own subdirectory, not list the others
+        return path
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a program's temp dir and whatever it wrote there, whatever modes it set (best effort)."""
+    try:
+        os.rmdir(path)  # the usual case: it wrote nothing
+        return
+    except OSError:
+        pass
+    try:
+        for root, dirs, files in os.walk(path, topdown=True):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                os.unlink(os.path.join(root, name))
+            for name in dirs:
+                if not os.path.islink(os.path.join(root, name)):
+                    os.rmdir(os.path.join(root, name))
+        os.rmdir(path)
+    except OSError:
+        pass  # left in the worker's private /tmp, which disappears with the worker
+
+
+def _is_call_of_f(tree: ast.Expression) -> bool:
+    body = tree.body
+    return isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id == "f"
+
+
+def _failure(reason: str, detail: str) -> dict:
+    return {"reason": reason, "detail": detail, "outputs": []}
