@@ -201,6 +201,11 @@ class ExecutorConfig(Strict):
         "turn off only to test the OS-level isolation",
     )
     allow_none_output: bool = Field(False, description="accept tasks whose f returns None (AZR did, by accident)")
+    extra_preload: list[str] = Field(
+        default_factory=list,
+        description="standard-library modules loaded in the workers besides the built-in set; programs can import "
+        "only loaded modules where the confined user cannot read the interpreter's files",
+    )
     namespaces: bool = Field(
         True, description="isolate with Linux namespaces (network, pid, mount; user ns when not root) where allowed"
     )
@@ -208,7 +213,7 @@ class ExecutorConfig(Strict):
         10000, ge=1, description="a fork-server worker is replaced after this many runs (each run is a new process)"
     )
 
-    @field_validator("banned_modules", "extra_banned_modules", "banned_builtins")
+    @field_validator("banned_modules", "extra_banned_modules", "banned_builtins", "extra_preload")
     @classmethod
     def _dotted_names(cls, v: list[str] | None) -> list[str] | None:
         for name in v or []:

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.model",
     "tests.fixtures.mail",
     "tests.fixtures.nostr",
+    "tests.fixtures.sandbox",
 ]

@@ -303,6 +303,7 @@ def _worker_settings(config: ExecutorConfig) -> dict:
         "banned_builtins": sorted(set(builtins)),
         "block_introspection": config.block_introspection,
         "namespaces": config.namespaces,
+        "extra_preload": list(config.extra_preload),
     }
 
 

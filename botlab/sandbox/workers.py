@@ -26,7 +26,14 @@ class WorkerStartError(RuntimeError):
 class Worker:
     """A fork-server process (runtime/hub.py) with a fixed hash seed; it runs one job at a time."""
 
-    def __init__(self, index: int, hash_seed: int, settings: dict, log_dir: Path):
+    def __init__(
+        self, index: int, hash_seed: int, settings: dict, log_dir: Path, python: str = sys.executable,
+        user: int | None = None,
+    ):
+        """`python` must be a CPython >= 3.11 (the worker needs only its standard library); `user` runs the worker
+        as another uid (from a root trainer), e.g. to use an unprivileged user namespace."""
+        self.python = python
+        self.user = user
         self.index = index
         self.hash_seed = hash_seed
         self.settings = settings
@@ -41,7 +48,7 @@ class Worker:
         """Launch the process and send its settings; `wait_ready` completes the start (so many start at once)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-S", "-s", "-B", "-c", _BOOT],
+                [self.python, "-S", "-s", "-B", "-c", _BOOT],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -49,6 +56,7 @@ class Worker:
                 cwd="/",
                 start_new_session=True,  # its own process group, away from the terminal's signals
                 bufsize=0,
+                user=self.user,
             )
         self.runs = 0
         write_frame(self.stdin, self.settings)

@@ -7,8 +7,9 @@ Everything here runs in the forked process, after `isolation.confine_child`. Cod
 from __future__ import annotations
 
 import builtins
+import sys
 from dataclasses import dataclass
-from types import CodeType
+from types import CodeType, ModuleType
 from typing import Callable
 
 from .reasons import REASONS
@@ -97,8 +98,11 @@ def _dispatch(job: Job, table: dict, limit: int, allow_none: bool) -> list[str]:
 
 
 def _call_f(program: CodeType, call: CodeType, table: dict) -> object:
-    """Run the program's top level in a fresh namespace, then evaluate f(<input>) there."""
-    namespace = {"__builtins__": table, "__name__": "__sandbox__"}
+    """Run the program's top level in a fresh module, then evaluate f(<input>) there."""
+    module = ModuleType("__sandbox__")  # a real module: dataclasses, typing, pickle-free introspection find it
+    sys.modules[module.__name__] = module
+    namespace = module.__dict__
+    namespace["__builtins__"] = table
     _evaluate(program, namespace, "top level", statements=True)
     if not callable(namespace.get("f")):
         raise Failure("no_entry_function", "the program defines no function f")

@@ -57,13 +57,14 @@ class Settings:
     banned_builtins: list[str]
     block_introspection: bool
     namespaces: bool
+    extra_preload: list[str]
 
 
 def main() -> None:
     settings = Settings(**read_frame(0))
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1, default-handled signals from programs are ignored
     os.environ.clear()
-    for name in PRELOAD:
+    for name in PRELOAD + tuple(settings.extra_preload):
         try:
             __import__(name)
         except ImportError:
@@ -71,8 +72,7 @@ def main() -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]  # programs cannot import us by path
     iso = isolation.enter_namespaces(settings.namespaces)
-    if iso.pid:
-        _become_init()
+    _fork_server_process()
     isolation.finish_in_init(iso)
     hub = Hub(settings, iso)
     gc.freeze()  # keep the collector off the inherited heap in children: fewer copy-on-write faults
@@ -80,8 +80,9 @@ def main() -> None:
     hub.serve()
 
 
-def _become_init() -> None:
-    """The first child in a new pid namespace is its init; the original process just waits and exits with it."""
+def _fork_server_process() -> None:
+    """Continue in a child: in a new pid namespace the first child is its init (pid 1). The original process only
+    waits, and exits with it. (Without a pid namespace the same shape keeps the process tree uniform.)"""
     pid = os.fork()
     if pid:
         os.close(0)
@@ -235,8 +236,9 @@ class Hub:
 
     def _kill_leftovers(self, pid: int, reaped: bool) -> None:
         """Nothing a program started may survive it."""
-        if self.iso.pid and os.getpid() == 1:
-            targets = [-1]  # as init: every other process in this namespace
+        as_init = self.iso.pid and os.getpid() == 1
+        if as_init:
+            targets = [-1]  # every other process in this pid namespace
         else:
             targets = [-pid] if reaped else [-pid, pid]  # its process group outlives it only with members
         for target in targets:
@@ -244,23 +246,13 @@ class Hub:
                 os.kill(target, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        while True:  # reap our child and any orphan handed to us as init
+        if not reaped:
+            os.waitpid(pid, 0)
+        while as_init:  # orphans are handed to init: reap every one (all were just sent SIGKILL)
             try:
-                got, _ = os.waitpid(-1, os.WNOHANG)
+                os.waitpid(-1, 0)
             except ChildProcessError:
                 return
-            if got == 0:
-                if self._still_running(pid):
-                    continue
-                return
-
-    @staticmethod
-    def _still_running(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
 
     def _interpret(self, data: bytes, status: int | None, cpu: float, timed_out: bool, cap: int) -> dict:
         s = self.settings

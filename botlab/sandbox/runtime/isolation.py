@@ -99,10 +99,12 @@ class Isolation:
 def enter_namespaces(enabled: bool) -> Isolation:
     """In the worker, before it forks its init: unshare namespaces and lay out the filesystem."""
     iso = Isolation()
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        iso.run_as = _nobody()
     if not enabled:
         iso.problems.append("namespaces disabled by executor.namespaces")
         return iso
-    uid, gid = os.geteuid(), os.getegid()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
     if uid != 0:
         flags |= CLONE_NEWUSER
@@ -127,8 +129,6 @@ def enter_namespaces(enabled: bool) -> Isolation:
         iso.private_tmp = True
     except OSError as err:
         iso.problems.append(str(err))
-    if uid == 0:
-        iso.run_as = _nobody()
     return iso
 
 

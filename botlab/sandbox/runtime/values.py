@@ -75,7 +75,7 @@ def _write(value: object, out: list[str], budget: list[int], path: set[int]) -> 
         text = (body or "set()") if kind is set else f"frozenset({body})"
         _emit(text, out, budget)
     else:
-        raise Uncomparable(f"a {kind.__name__} object has no value equality that survives repr()")
+        raise Uncomparable(f"{kind.__name__} values have no value equality that survives repr()")
     path.discard(id(value))
 
 

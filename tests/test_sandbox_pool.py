@@ -1,0 +1,185 @@
+"""The worker pool: recovery from killed workers, recycling, the fallback without namespaces, an unprivileged
+worker, shutdown, and the two commands (sandbox check, bench executor)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from botlab.config import ExecutorConfig
+from botlab.sandbox import Executor, Validation
+from botlab.sandbox.executor import _worker_settings
+from botlab.sandbox.workers import Worker
+from tests.fixtures.sandbox import ATTACK_MODULES, TEST_LIMITS, program_processes
+
+ADD = [(f"def f(x):\n    return x + {k}", ["1"]) for k in range(8)]
+EXPECTED = [Validation(True, [str(1 + k)]) for k in range(8)]
+FOREVER = ("def f(x):\n    while True:\n        pass", ["1"])
+
+
+def wait_for(condition, what: str, limit_s: float = 60.0):
+    """Poll until `condition()` is truthy; the limit only turns a hang into a failure, it measures nothing."""
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture()
+def pool():
+    with Executor(ExecutorConfig(**TEST_LIMITS)) as ex:
+        yield ex
+
+
+@pytest.mark.parametrize("target", ["worker", "fork server"])
+def test_a_killed_idle_worker_is_replaced(pool, target):
+    victim = pool.worker_pids()[1]
+    if target == "fork server":  # the worker's child that forks the programs (init of its pid namespace)
+        victim = psutil.Process(victim).children()[0].pid
+    os.kill(victim, signal.SIGKILL)
+    assert pool.validate_many(ADD) == EXPECTED
+    assert pool.validate_many(ADD) == EXPECTED
+    assert program_processes(pool) == []
+
+
+def test_a_worker_killed_mid_batch_is_replaced_and_its_item_retried(pool):
+    pids_before = set(pool.worker_pids())
+    outcome: dict = {}
+    batch = threading.Thread(target=lambda: outcome.update(results=pool.validate_many([FOREVER] + ADD)))
+    batch.start()
+    running = wait_for(lambda: program_processes(pool), "a program process")
+    launcher = running[0].parent().parent()
+    launcher.send_signal(signal.SIGKILL)
+    batch.join()
+    results = outcome["results"]
+    assert results[0].reason == "timeout"  # retried on the replacement, still endless
+    assert results[1:] == EXPECTED
+    assert launcher.pid not in pool.worker_pids()
+    assert len(set(pool.worker_pids()) - pids_before) == 1
+    assert program_processes(pool) == []
+
+
+def test_workers_are_recycled_after_their_quota():
+    with Executor(ExecutorConfig(**TEST_LIMITS, tasks_per_worker=3)) as ex:
+        first = set(ex.worker_pids())
+        assert ex.validate_many(ADD * 3) == EXPECTED * 3
+        assert not first & set(ex.worker_pids())
+
+
+def test_close_leaves_nothing_running():
+    ex = Executor(ExecutorConfig(**TEST_LIMITS))
+    pids = ex.worker_pids()
+    ex.validate_many([FOREVER, *ADD[:2]])
+    ex.close()
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_without_namespaces_sockets_are_refused_and_the_report_says_so():
+    config = ExecutorConfig(
+        workers=1, timeout_s=2, cpu_s=2, namespaces=False, banned_modules=[], banned_builtins=[],
+        block_introspection=False, extra_preload=ATTACK_MODULES,
+    )
+    program = (
+        "import os\ndef f(x):\n    out = []\n    try:\n        import socket\n    except ImportError:\n"
+        "        out.append('no socket')\n    try:\n        os.fork()\n    except OSError:\n        out.append('no fork')\n"
+        "    return out"
+    )
+    with Executor(config) as ex:
+        assert "NO network namespace" in ex.isolation
+        assert ex.validate_many([(program, ["1"])]) == [Validation(True, ["['no socket', 'no fork']"])]
+        assert program_processes(ex) == []
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _usable_system_python() -> bool:
+    if os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK):
+        return False
+    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                             capture_output=True, text=True)
+    return version.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(not _usable_system_python(), reason="needs root (to start a worker as nobody) and a system python")
+def test_an_unprivileged_worker_isolates_itself_in_a_user_namespace(tmp_path):
+    """The non-root case, for real: a worker started as `nobody` with the system's interpreter."""
+    config = ExecutorConfig(**TEST_LIMITS, banned_modules=[], banned_builtins=[], block_introspection=False,
+                            extra_preload=ATTACK_MODULES)
+    worker = Worker(0, 1, _worker_settings(config), tmp_path, python=SYSTEM_PYTHON, user=65534)
+    worker.start()
+    try:
+        worker.wait_ready(time.monotonic() + 60)
+        assert "user namespace" in worker.isolation and "network namespace" in worker.isolation
+        attack = (
+            "import os, socket\ndef f(x):\n    out = []\n"
+            "    for act in (os.fork, lambda: socket.create_connection(('1.1.1.1', 53), timeout=1),\n"
+            "                lambda: open('/usr/botlab-escape', 'w')):\n"
+            "        try:\n            act()\n            out.append('done')\n"
+            "        except OSError as e:\n            out.append(type(e).__name__)\n    return out"
+        )
+        worker.send({"kind": "run", "program": attack, "inputs": ["1"]})
+        result = worker.receive()
+        assert result["reason"] is None, result
+        assert "done" not in result["outputs"][0]
+        assert not os.path.exists("/usr/botlab-escape")
+        hub = psutil.Process(worker.pid).children()[0]
+        assert hub.uids().real == 65534 and hub.children() == []
+    finally:
+        worker.kill()
+
+
+# --- the commands --------------------------------------------------------------------------------------------------
+
+
+def _botlab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "botlab.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_sandbox_check_command(tmp_path: Path):
+    good = tmp_path / "good.py"
+    good.write_text("def f(s):\n    return s[::-1]\n")
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\ndef f(s):\n    return os.getcwd()\n")
+
+    run = _botlab("sandbox", "check", str(good), "--input", "'hello'", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"valid": True, "output": "'olleh'", "reason": None}
+
+    run = _botlab("sandbox", "check", str(bad), "--input", "1", "--json")
+    assert run.returncode == 1
+    assert json.loads(run.stdout) == {"valid": False, "output": None, "reason": "forbidden_import"}
+
+    run = _botlab("sandbox", "check", str(good), "--input", "'hi'")
+    assert run.returncode == 0 and "'ih'" in run.stdout
+
+    run = _botlab("sandbox", "check", str(tmp_path / "missing.py"), "--input", "1")
+    assert run.returncode == 2 and "cannot read PROGRAM" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_benchmark_baseline_agrees_on_what_it_can_see():
+    """The AZR-style baseline of `botlab bench executor`, on the fixed workload's quick items."""
+    from botlab.bench.executor import AzrBaseline, workload
+
+    items = [item for item in workload() if item[0] in ("simple", "invalid")][:40]
+    baseline = AzrBaseline()
+    try:
+        azr = [baseline.validate(code, arg) for _, code, arg in items]
+    finally:
+        baseline.close()
+    with Executor(ExecutorConfig(**TEST_LIMITS)) as ex:
+        ours = [v.valid for v in ex.validate_many([(code, [arg]) for _, code, arg in items])]
+    assert azr == ours == [category == "simple" for category, _, _ in items]
