@@ -19,7 +19,7 @@ from botlab.config import ReporterConfig
 log = logging.getLogger(__name__)
 
 PROMPTS = "reporter_prompts"
-AGENT_MAX_STEPS = 4
+AGENT_MAX_STEPS = 3
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 

@@ -121,11 +121,9 @@ Directive = Annotated[
     Union[SetWeights, Focus, ClearFocus, Harder, Easier, ReviewerRule, ClearReviewerRules, Pause, Resume, DigestNow],
     Field(discriminator="kind"),
 ]
-DIRECTIVE_KINDS = (
-    "weights", "focus", "clear_focus", "harder", "easier", "reviewer_rule", "clear_reviewer_rules",
-    "pause", "resume", "digest",
-)
 _directive = TypeAdapter(Directive)
+_FIELDS = {model.model_fields["kind"].default: set(model.model_fields) for model in _Directive.__subclasses__()}
+DIRECTIVE_KINDS = tuple(_FIELDS)
 
 
 def validate_directives(items: list[Any]) -> tuple[list[Directive], list[str]]:
@@ -133,6 +131,7 @@ def validate_directives(items: list[Any]) -> tuple[list[Directive], list[str]]:
     valid: list[Directive] = []
     problems: list[str] = []
     for item in items:
+        item = _known_fields(item, problems)
         try:
             valid.append(_directive.validate_python(item))
         except ValidationError as err:
@@ -144,6 +143,16 @@ def validate_directives(items: list[Any]) -> tuple[list[Directive], list[str]]:
                 where = ".".join(str(p) for p in first["loc"][1:]) or kind
                 problems.append(f"ignored {kind}: {where} {first['msg']}")
     return valid, problems
+
+
+def _known_fields(item: Any, problems: list[str]) -> Any:
+    """Drop fields a directive kind does not have (models add some), and say so."""
+    if not isinstance(item, dict) or item.get("kind") not in _FIELDS:
+        return item
+    extra = sorted(set(item) - _FIELDS[item["kind"]])
+    if extra:
+        problems.append(f"ignored {', '.join(map(str, extra))} of {item['kind']}: not something feedback can change")
+    return {k: v for k, v in item.items() if k not in extra}
 
 
 def _short(item: Any, limit: int = 60) -> str:
@@ -171,7 +180,11 @@ def apply_directive(curriculum: Curriculum, directive: Directive) -> tuple[Curri
             c.task_weights = new
             return c, ("task weights " + ", ".join(changed)) if changed else ""
         case Focus(topics=topics):
-            added = [t for t in topics if t.lower() not in {f.lower() for f in c.focus}]
+            known, added = {f.lower() for f in c.focus}, []
+            for topic in topics:
+                if topic.lower() not in known:
+                    known.add(topic.lower())
+                    added.append(topic)
             c.focus = (c.focus + added)[-MAX_FOCUS:]
             return c, f"focus on {', '.join(added)}" if added else ""
         case ClearFocus():

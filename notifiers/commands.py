@@ -7,6 +7,7 @@ import getpass
 import uuid
 
 from rich.console import Console
+from rich.text import Text
 
 from botlab.agents.reporter import interpret_feedback, make_reporter_model
 from botlab.config import TeamConfig
@@ -54,7 +55,7 @@ async def _preview(team: TeamConfig, store, console: Console) -> int:
     write_atomic(folder / "preview.html", standalone_html(digest))
     write_atomic(folder / "preview.txt", digest.text)
     write_atomic(folder / "preview.eml", email_message(digest, from_addr, from_addr, "<preview@botlab>").as_string())
-    console.print(f"[bold]{digest.subject}[/bold]", highlight=False)
+    console.print(Text(digest.subject, style="bold"))
     console.print(digest.text, highlight=False, markup=False)
     console.print(f"written to {folder}/preview.html, .txt and .eml (not sent; --send sends it)", highlight=False)
     return EXIT_OK

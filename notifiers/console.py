@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from botlab.notifiers.outbox import OutboxItem
 
@@ -35,7 +36,8 @@ class ConsoleChannel:
         self.folder.mkdir(parents=True, exist_ok=True)
         for name, content in item.payload["files"].items():
             write_atomic(self.folder / Path(name).name, content)  # .name: a payload never chooses the folder
-        self.console.print(f"[bold]{item.payload['subject']}[/bold] -> {self.folder}", highlight=False)
+        # Text, not markup: the subject's "[botlab team]" would read as a style tag.
+        self.console.print(Text(item.payload["subject"], style="bold"), Text(f"-> {self.folder}"))
         self.console.print(item.payload["summary"], highlight=False, markup=False)
 
     async def receive(self) -> list:

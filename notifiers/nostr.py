@@ -14,8 +14,8 @@ import time
 from datetime import timedelta
 
 from nostr_sdk import (
-    Client, EventBuilder, Filter, Keys, Kind, KindStandard, PublicKey, RelayOptions, RelayUrl, ReqTarget, Tag,
-    Timestamp, UnwrappedGift, nip59_make_gift_wrap,
+    Client, EventBuilder, Filter, Keys, Kind, KindStandard, PublicKey, RelayOptions, RelayStatus, RelayUrl, ReqTarget,
+    Tag, Timestamp, UnwrappedGift, nip59_make_gift_wrap,
 )
 
 from botlab.config import NostrNotifier
@@ -82,7 +82,7 @@ class NostrChannel:
         options = RelayOptions().retry_interval(timedelta(seconds=self.config.reconnect_s)).adjust_retry_interval(False)
         for url in self.config.relays:
             await self.client.add_relay(RelayUrl.parse(url), opts=options)
-        await self.client.connect(timedelta(seconds=5))
+        await self.client.connect(timedelta(seconds=3))  # waits at most this long for the relays
         if listen:
             await self._subscribe(stream)
         await self._publish_relay_list()
@@ -117,6 +117,10 @@ class NostrChannel:
     async def _send_event(self, event) -> None:
         if self.client is None:
             raise NostrSendError("the Nostr channel is not started")
+        # Fail fast when no relay is up: send_event would wait for one for seconds, on every retry.
+        relays = (await self.client.relays()).values()
+        if not any(relay.status() == RelayStatus.CONNECTED for relay in relays):
+            raise NostrSendError("no relay is connected")
         out = await self.client.send_event(event, ok_timeout=timedelta(seconds=SEND_TIMEOUT_S))
         if not out.success:
             failed = "; ".join(f"{url}: {why}" for url, why in out.failed.items()) or "no relay connected"

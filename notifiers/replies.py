@@ -122,10 +122,14 @@ def reply_text(msg: EmailMessage) -> str:
     body = part.get_content()
     if part.get_content_subtype() == "html":
         body = _html_to_text(body)
-    parsed = EmailReplyParser(languages=REPLY_LANGUAGES).read(text=body)
-    text = parsed.replies[0].body if parsed.replies and parsed.replies[0].body.strip() else parsed.latest_reply
-    # Inline quoting that the parser kept: lines starting with '>' are the digest, not the human.
-    lines = [line for line in (text or "").splitlines() if not line.lstrip().startswith(">")]
+    # The latest reply without quotes. Its signature detection is not used: it took a last "/command" line for one.
+    text = EmailReplyParser(languages=REPLY_LANGUAGES).read(text=body).latest_reply or ""
+    lines = []
+    for line in text.splitlines():
+        if line.rstrip() == "--":  # the standard signature separator ("-- ")
+            break
+        if not line.lstrip().startswith(">"):  # inline quoting the parser kept is the digest, not the human
+            lines.append(line)
     return "\n".join(lines).strip()[:MAX_TEXT]
 
 

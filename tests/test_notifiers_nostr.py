@@ -1,0 +1,194 @@
+"""The Nostr channel against a real relay on loopback (nostr-sdk LocalRelay) and a human with their own client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+from nostr_sdk import EventBuilder, Filter, Keys, Kind, ReqTarget, Tag, nip59_make_gift_wrap
+
+from botlab.config import TeamConfig
+from botlab.curriculum import load_curriculum
+from botlab.notifiers.secrets import NotifierConfigError
+from botlab.notifiers.service import Reporter
+from botlab.store import Store
+from tests.fixtures.nostr import Human, wait_relay_connected
+from tests.test_digest import record_steps
+
+NSEC_ENV = "BOTLAB_TEST_NSEC"
+
+
+@pytest.fixture
+def bot_keys(monkeypatch) -> Keys:
+    keys = Keys.generate()
+    monkeypatch.setenv(NSEC_ENV, keys.secret_key().to_bech32())
+    return keys
+
+
+def nostr_team(tmp_path, relay, human: Human, **nostr) -> TeamConfig:
+    settings = {"nsec_env": NSEC_ENV, "relays": [relay.url], "recipients": [human.npub], "reconnect_s": 5} | nostr
+    return TeamConfig.model_validate({"name": "demo", "storage_dir": str(tmp_path),
+                                      "schedules": {"feedback_poll_every": "1h"},
+                                      "notifiers": {"console": {"enabled": False}, "nostr": settings}})
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "botlab.sqlite") as s:
+        yield s
+
+
+@pytest.fixture
+async def reporter(tmp_path, nostr_relay, nostr_human, bot_keys, store):
+    r = Reporter(nostr_team(tmp_path, nostr_relay, nostr_human), store)
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def wait_for_feedback(reporter: Reporter, store: Store, count: int, timeout: float = 10.0) -> None:
+    """Tick whenever the subscription delivers a DM, until `count` messages are stored (polling is hourly)."""
+    deadline = time.monotonic() + timeout
+    arrived = reporter.channels["nostr"].new_message
+    while store.scalar("SELECT COUNT(*) FROM feedback") < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"fewer than {count} feedback messages after {timeout} s")
+        try:
+            await asyncio.wait_for(arrived.wait(), min(left, 1.0))
+        except asyncio.TimeoutError:
+            pass
+        await reporter.tick()
+
+
+async def wait_for_inbox(reporter: Reporter, count: int, timeout: float = 10.0) -> None:
+    """Until the subscription has queued `count` accepted DMs (not yet stored)."""
+    deadline = time.monotonic() + timeout
+    while reporter.channels["nostr"].inbox.qsize() < count:
+        assert time.monotonic() < deadline, f"fewer than {count} DMs arrived"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_digest_arrives_as_a_dm_and_the_dm_relays_are_published(tmp_path, nostr_relay, nostr_human,
+                                                                        bot_keys, store):
+    reporter = Reporter(nostr_team(tmp_path, nostr_relay, nostr_human, public_notes=True), store)
+    await reporter.start()
+    try:
+        record_steps(store, range(1, 3))
+        await reporter.send_digest("test")
+        sender, text, _ = await nostr_human.next_dm()
+    finally:
+        await reporter.stop()
+    assert sender == bot_keys.public_key().to_bech32()
+    assert text.startswith("botlab demo #1: step 2/500") and "/focus abduction" in text
+    assert store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") == 0
+    mine = Filter().author(bot_keys.public_key())
+    relay_list = await nostr_human.client.fetch_events(ReqTarget.auto([mine.kind(Kind(10050))]), timedelta(seconds=2))
+    [event] = relay_list
+    assert [t.to_vec() for t in event.tags()] == [["relay", nostr_relay.url]]
+    notes = await nostr_human.client.fetch_events(ReqTarget.auto([mine.kind(Kind(1))]), timedelta(seconds=2))
+    assert [n.content() for n in notes] == ["botlab demo #1: step 2/500, solve 20%"]
+
+
+async def test_a_reply_changes_the_curriculum_and_the_next_digest_says_so(reporter, store, nostr_human, bot_keys):
+    record_steps(store, range(1, 3))
+    await reporter.send_digest("test")
+    _, _, digest_rumor = await nostr_human.next_dm()
+    await nostr_human.send_dm(bot_keys.public_key(), "/focus abduction\nplease also /pause", reply_to=digest_rumor)
+    await wait_for_feedback(reporter, store, 1)
+
+    row = store.query("SELECT * FROM feedback")[0]
+    assert (row["channel"], row["sender"], row["digest_id"], row["status"]) == \
+        ("nostr", nostr_human.npub, 1, "applied")
+    curriculum = load_curriculum(store)
+    assert curriculum.task_weights["abduction"] == 3.0 and curriculum.paused
+
+    await reporter.send_digest("test")
+    _, text, _ = await nostr_human.next_dm()
+    assert "feedback: \"/focus abduction" in text and "task weights abduction 1 -> 3; training paused" in text
+    assert ", paused" in text.splitlines()[0]
+
+
+async def test_a_wrong_pubkey_and_a_forged_sender_are_ignored(reporter, store, nostr_relay, nostr_human, bot_keys):
+    stranger = Human(nostr_relay.url)
+    await stranger.connect()
+    try:
+        await stranger.send_dm(bot_keys.public_key(), "/pause")
+        # The rumor claims to be the allowed human, but the stranger sealed it: the seal check must catch it.
+        await stranger.send_forged_dm(bot_keys.public_key(), "/pause", claimed_author=nostr_human.keys.public_key())
+    finally:
+        await stranger.close()
+    await nostr_human.send_dm(bot_keys.public_key(), "/harder")  # the one message that counts, sent last
+    await wait_for_feedback(reporter, store, 1)
+    await reporter.poll_feedback()
+    assert [r["text"] for r in store.query("SELECT text FROM feedback")] == ["/harder"]
+    assert not load_curriculum(store).paused
+    reasons = [r["message"] for r in store.query("SELECT message FROM events WHERE kind = 'feedback_ignored'")]
+    assert any(f"DM from {stranger.npub}, which is not allowed" in r for r in reasons)
+    assert any("could not open a gift wrap" in r for r in reasons)
+
+
+async def test_relay_restart_send_retried_once_and_reply_still_received(reporter, store, nostr_relay, nostr_human,
+                                                                        bot_keys):
+    nostr_relay.stop()
+    now = time.time()
+    await reporter.send_digest("test", now=now)
+    assert store.query("SELECT last_error FROM outbox")[0]["last_error"].endswith("no relay is connected")
+
+    await nostr_relay.start()  # an in-memory relay: it comes back empty
+    await wait_relay_connected(reporter.channels["nostr"].client, nostr_relay.url)  # reconnects by itself
+    assert await reporter.flush_outbox(now + 31) == 1
+    assert await reporter.flush_outbox(now + 10_000) == 0
+
+    human = Human(nostr_relay.url, keys=nostr_human.keys)  # the phone reconnects too
+    await human.connect()
+    try:
+        _, text, rumor = await human.next_dm()
+        assert text.startswith("botlab demo #1")
+        await human.send_dm(bot_keys.public_key(), "/easier", reply_to=rumor)
+        await wait_for_feedback(reporter, store, 1)  # the subscription was renewed after the restart
+        with pytest.raises(TimeoutError):
+            await human.next_dm(timeout=0.3)  # the digest came once
+    finally:
+        await human.close()
+    assert load_curriculum(store).difficulty == -1
+
+
+async def test_duplicate_delivery_and_restarts_apply_a_dm_once(tmp_path, nostr_relay, nostr_human, bot_keys, store):
+    team = nostr_team(tmp_path, nostr_relay, nostr_human)
+    reporter = Reporter(team, store)
+    await reporter.start()
+    try:
+        # One DM wrapped twice (clients re-wrap when they resend): two events, one rumor id.
+        rumor = (EventBuilder(Kind(14), "/harder").tags([Tag.public_key(bot_keys.public_key())])
+                 .finalize_unsigned(nostr_human.keys.public_key()).ensure_id())
+        for _ in range(2):
+            await nostr_human.send_raw(nip59_make_gift_wrap(nostr_human.keys, bot_keys.public_key(), rumor))
+        await wait_for_inbox(reporter, 2)
+        await reporter.poll_feedback()
+    finally:
+        await reporter.stop()
+    # A restart subscribes again, and the relay sends its stored wraps once more.
+    again = Reporter(team, store)
+    await again.start()
+    try:
+        await wait_for_inbox(again, 2)
+        await again.poll_feedback()
+    finally:
+        await again.stop()
+    assert store.scalar("SELECT COUNT(*) FROM feedback") == 1
+    assert load_curriculum(store).difficulty == 1
+
+
+def test_a_bad_key_names_the_field(tmp_path, nostr_relay, monkeypatch, store):
+    monkeypatch.setenv(NSEC_ENV, "nsec1notakey")
+    human = Human(nostr_relay.url)
+    with pytest.raises(NotifierConfigError, match=f"notifiers.nostr.nsec_env: environment variable {NSEC_ENV} "
+                                                  "does not hold a valid nsec key"):
+        Reporter(nostr_team(tmp_path, nostr_relay, human), store)._build_channels()
+    team = nostr_team(tmp_path, nostr_relay, human, recipients=["npub1nope"])
+    monkeypatch.setenv(NSEC_ENV, Keys.generate().secret_key().to_bech32())
+    with pytest.raises(NotifierConfigError, match="notifiers.nostr.recipients: 'npub1nope' is not an npub"):
+        Reporter(team, store)._build_channels()
