@@ -3,6 +3,7 @@ embedded), .txt and .eml, and a one-line summary goes to the console."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class ConsoleChannel:
 
     def __init__(self, run_dir: Path, console: Console | None = None):
         self.folder = run_dir / "digests"
+        self.news = asyncio.Event()  # never set: replies come through `botlab feedback`
         self.console = console or Console(stderr=True)
 
     async def start(self, listen: bool = True) -> None:

@@ -38,11 +38,10 @@ class ImapAccount:
 
 
 async def _connect(account: ImapAccount, conn_lost: Callable | None = None) -> aioimaplib.IMAP4:
-    if account.security == "tls":
-        client = aioimaplib.IMAP4_SSL(account.host, account.port, timeout=account.timeout,
-                                      ssl_context=account.ssl_context, conn_lost_cb=conn_lost)
-    else:
-        client = aioimaplib.IMAP4(account.host, account.port, timeout=account.timeout, conn_lost_cb=conn_lost)
+    # IMAP4 with an ssl_context is implicit TLS; IMAP4_SSL would drop conn_lost_cb (aioimaplib 2.0).
+    context = (account.ssl_context or ssl.create_default_context()) if account.security == "tls" else None
+    client = aioimaplib.IMAP4(account.host, account.port, timeout=account.timeout, conn_lost_cb=conn_lost,
+                              ssl_context=context)
     await client.wait_hello_from_server()
     response = await client.login(account.username, account.password)
     if response.result != "OK":

@@ -37,6 +37,8 @@ class EmailChannel:
         if (user is None) != (password is None):
             raise NotifierConfigError("notifiers.email: set both username_env and password_env, or neither")
         self.username, self.password = user, password
+        if config.ca_file is not None and not config.ca_file.is_file():
+            raise NotifierConfigError(f"notifiers.email.ca_file: {config.ca_file} is not a file")
         self.tls = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
         allowed = config.allowed_senders if config.allowed_senders is not None else config.to
         self.rules = MailRules(
@@ -48,7 +50,7 @@ class EmailChannel:
                 raise NotifierConfigError("notifiers.email.imap_host needs username_env and password_env")
             self.account = imap.ImapAccount(config.imap_host, config.imap_port, config.imap_security, user, password,
                                             ssl_context=self.tls)
-        self.new_mail = asyncio.Event()  # set by the IDLE watcher: poll now
+        self.news = asyncio.Event()  # set by the IDLE watcher: poll now
         self._watcher: asyncio.Task | None = None
         self._pending_cursor: dict | None = None  # where the cursor moves once the caller stored what was read
         self._pending_uids: list[int] = []
@@ -59,7 +61,7 @@ class EmailChannel:
         if self.account is not None and listen:
             if self.store.get(CURSOR_KEY) is None:
                 await self._init_cursor()
-            self._watcher = asyncio.create_task(imap.watch(self.account, self.new_mail.set), name="botlab-imap-idle")
+            self._watcher = asyncio.create_task(imap.watch(self.account, self.news.set), name="botlab-imap-idle")
 
     async def _init_cursor(self) -> None:
         try:
@@ -89,7 +91,7 @@ class EmailChannel:
         """Replies that arrived since the stored cursor; ignored mail is logged as an event with the reason."""
         if self.account is None:
             return []
-        self.new_mail.clear()
+        self.news.clear()
         cursor = self.store.get(CURSOR_KEY)
         messages, new_cursor = await imap.fetch_new(self.account, cursor)
         accepted = []

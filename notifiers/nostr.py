@@ -63,7 +63,7 @@ class NostrChannel:
         self.allowed = {parse_pubkey(a, "notifiers.nostr.allowed_pubkeys").to_hex() for a in allowed}
         self.client: Client | None = None
         self.inbox: asyncio.Queue[Incoming] = asyncio.Queue()
-        self.new_message = asyncio.Event()
+        self.news = asyncio.Event()
         self._drain_task: asyncio.Task | None = None
         self._reported: set[str] = set()  # ignored wraps already logged in this process
         self._relay_list_sent = False
@@ -160,7 +160,7 @@ class NostrChannel:
             result = self._open(event)
             if isinstance(result, Incoming):
                 self.inbox.put_nowait(result)
-                self.new_message.set()
+                self.news.set()
             elif result and event.id().to_hex() not in self._reported:
                 self._reported.add(event.id().to_hex())
                 self.store.log_event("feedback_ignored", f"nostr: {result}", level="warning")
@@ -186,7 +186,7 @@ class NostrChannel:
                         text=rumor.content().strip()[:MAX_TEXT], digest_id=digest_id)
 
     async def receive(self) -> list[Incoming]:
-        self.new_message.clear()
+        self.news.clear()
         self._received_at = time.time()
         out = []
         while not self.inbox.empty():

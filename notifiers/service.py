@@ -82,30 +82,37 @@ class Reporter:
 
     async def preview(self, now: float | None = None) -> tuple[DigestFacts, RenderedDigest]:
         """The digest as it would go out now; nothing is stored."""
-        facts = collect_facts(self.store, self.team, now)
-        narrative, source = await self._narrative(facts)
-        return facts, render(facts, narrative, source)
+        def make() -> tuple[DigestFacts, RenderedDigest]:
+            facts = collect_facts(self.store, self.team, now)
+            return facts, render(facts, *self._narrative(facts))
+
+        return await asyncio.to_thread(make)
 
     async def send_digest(self, reason: str, now: float | None = None) -> int | None:
         """Render, store, enqueue for every channel, flush. None when nothing new happened on a scheduled digest."""
         now = time.time() if now is None else now
+        # In a worker thread: reading the store, drawing the chart and the model take seconds, and the loop must
+        # keep serving IMAP IDLE and the Nostr subscription meanwhile.
+        digest_id = await asyncio.to_thread(self._make_digest, reason, now)
+        if digest_id is not None:
+            await self.flush_outbox(now)
+        return digest_id
+
+    def _make_digest(self, reason: str, now: float) -> int | None:
         facts = collect_facts(self.store, self.team, now)
         if reason == "schedule" and not (facts.steps or facts.feedback or facts.errors):
             self._digest_done(now)
             log.info("scheduled digest skipped: nothing happened since the last one")
             return None
-        narrative, source = await self._narrative(facts)
-        digest = render(facts, narrative, source)
-        digest_id = self._store_digest(facts, digest, now)
+        narrative, source = self._narrative(facts)
+        digest_id = self._store_digest(facts, render(facts, narrative, source), now)
         self.store.log_event("digest", f"digest #{digest_id} ({reason}, narrative: {source})")
-        await self.flush_outbox(now)
         return digest_id
 
-    async def _narrative(self, facts: DigestFacts) -> tuple[str, str]:
+    def _narrative(self, facts: DigestFacts) -> tuple[str, str]:
         if self.model is None:
             return template_narrative(facts), "template"
-        limit = self.team.roles.reporter.max_words
-        text, why = await asyncio.to_thread(write_narrative, self.model, facts.for_agent(), limit)
+        text, why = write_narrative(self.model, facts.for_agent(), self.team.roles.reporter.max_words)
         if text:
             return text, "model"
         self.store.log_event("reporter", f"digest #{facts.number}: template narrative used, {why}", level="warning")
@@ -132,21 +139,27 @@ class Reporter:
         return digest_id
 
     def _messages(self, digest: RenderedDigest, digest_id: int, from_addr: str, message_id: str, now: float):
+        """(channel, recipient, kind, payload) for every enabled channel, started or not: one that is down now
+        gets its messages when it is back."""
         n = self.team.notifiers
-        if "console" in self.channels:
+        if n.console.enabled:
             to = ", ".join(n.email.to) if n.email else "you@localhost"
             eml = email_message(digest, from_addr, to, message_id, now).as_string(policy=SMTP_POLICY)
             stem = f"digest-{digest_id:04d}"
             files = {f"{stem}.html": standalone_html(digest), f"{stem}.txt": digest.text, f"{stem}.eml": eml}
-            summary = digest.short.splitlines()[1] if len(digest.short.splitlines()) > 1 else digest.short
-            yield "console", "console", "digest", {"subject": digest.subject, "summary": summary, "files": files}
-        if "email" in self.channels:
+            lines = digest.short.splitlines()
+            yield "console", "console", "digest", {"subject": digest.subject, "summary": lines[min(1, len(lines) - 1)],
+                                                   "files": files}
+        if n.email is not None and n.email.enabled:
             for to in n.email.to:
                 raw = email_message(digest, from_addr, to, message_id, now).as_string(policy=SMTP_POLICY)
                 yield "email", to, "digest", {"raw": raw, "digest_id": digest_id}
-        if "nostr" in self.channels:
-            for pubkey in self.channels["nostr"].recipients:
-                yield "nostr", pubkey.to_hex(), "digest", {"text": digest.short, "digest_id": digest_id}
+        if n.nostr is not None and n.nostr.enabled:
+            from botlab.notifiers.nostr import parse_pubkey
+
+            for recipient in n.nostr.recipients:
+                pubkey = parse_pubkey(recipient, "notifiers.nostr.recipients").to_hex()
+                yield "nostr", pubkey, "digest", {"text": digest.short, "digest_id": digest_id}
             if n.nostr.public_notes:
                 yield "nostr", "public", "note", {"text": digest.short.splitlines()[0]}
 
@@ -209,11 +222,7 @@ class Reporter:
             return await asyncio.to_thread(apply_pending, self.store, self._interpreter())
 
     def _reply_waiting(self) -> bool:
-        for channel in self.channels.values():
-            event = getattr(channel, "new_mail", None) or getattr(channel, "new_message", None)
-            if event is not None and event.is_set():
-                return True
-        return False
+        return any(channel.news.is_set() for channel in self.channels.values())
 
     # --- the schedule ------------------------------------------------------------------------------------------------
 

@@ -28,8 +28,8 @@ USER_ENV, PASSWORD_ENV = "BOTLAB_TEST_MAIL_USER", "BOTLAB_TEST_MAIL_PASSWORD"
 
 def email_team(tmp_path, peers, **email) -> TeamConfig:
     settings = {"from_addr": peers.bot, "to": [peers.human], "smtp_host": "127.0.0.1", "smtp_port": peers.smtp.port,
-                "smtp_security": "starttls", "imap_host": "127.0.0.1", "imap_port": peers.dovecot.imap_port,
-                "imap_security": "none", "username_env": USER_ENV, "password_env": PASSWORD_ENV,
+                "smtp_security": "starttls", "imap_host": "127.0.0.1", "imap_port": peers.dovecot.imaps_port,
+                "imap_security": "tls", "username_env": USER_ENV, "password_env": PASSWORD_ENV,
                 "ca_file": str(peers.ca_file)} | email
     return TeamConfig.model_validate({"name": "demo", "storage_dir": str(tmp_path),
                                       "schedules": {"feedback_poll_every": "1h", "digest_every": "6h"},
@@ -81,7 +81,7 @@ async def send_as(peers, msg: EmailMessage, user: str) -> None:
 async def wait_for_feedback(reporter: Reporter, store: Store, count: int, timeout: float = 10.0) -> None:
     """Tick whenever IMAP IDLE announces mail, until `count` messages are stored (feedback polling is hourly)."""
     deadline = time.monotonic() + timeout
-    new_mail = reporter.channels["email"].new_mail
+    new_mail = reporter.channels["email"].news
     while store.scalar("SELECT COUNT(*) FROM feedback") < count:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -222,7 +222,7 @@ async def test_smtp_down_then_up_sends_once(tmp_path, mail_env, store):
 
 
 async def test_duplicate_delivery_and_restarts_apply_a_reply_once(tmp_path, mail_env, store):
-    team = email_team(tmp_path, mail_env)
+    team = email_team(tmp_path, mail_env, imap_port=mail_env.dovecot.imap_port, imap_security="none")
     reporter = Reporter(team, store, console=Console(file=io.StringIO()))
     await reporter.start()
     await reporter.send_digest("test")
@@ -254,9 +254,12 @@ async def test_duplicate_delivery_and_restarts_apply_a_reply_once(tmp_path, mail
     assert load_curriculum(store).difficulty == 1
 
 
-def test_missing_secrets_name_the_field(tmp_path, mail_peers, monkeypatch, store):
+def test_missing_secrets_and_files_name_the_field(tmp_path, mail_peers, monkeypatch, store):
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     monkeypatch.setenv(USER_ENV, "bot")
     with pytest.raises(NotifierConfigError, match=f"notifiers.email.password_env: environment variable "
                                                   f"{PASSWORD_ENV} is not set"):
         Reporter(email_team(tmp_path, mail_peers), store)._build_channels()
+    monkeypatch.setenv(PASSWORD_ENV, "pw")
+    with pytest.raises(NotifierConfigError, match="notifiers.email.ca_file: /nowhere/ca.pem is not a file"):
+        Reporter(email_team(tmp_path, mail_peers, ca_file="/nowhere/ca.pem"), store)._build_channels()

@@ -51,7 +51,7 @@ async def reporter(tmp_path, nostr_relay, nostr_human, bot_keys, store):
 async def wait_for_feedback(reporter: Reporter, store: Store, count: int, timeout: float = 10.0) -> None:
     """Tick whenever the subscription delivers a DM, until `count` messages are stored (polling is hourly)."""
     deadline = time.monotonic() + timeout
-    arrived = reporter.channels["nostr"].new_message
+    arrived = reporter.channels["nostr"].news
     while store.scalar("SELECT COUNT(*) FROM feedback") < count:
         left = deadline - time.monotonic()
         if left <= 0:
