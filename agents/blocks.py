@@ -1,0 +1,196 @@
+"""Reading the roles' answers: fenced blocks, the optional <think> section, and small code checks.
+
+The answer format, shared by proposer and solver:
+
+* The answer lives in fenced blocks (```python, ```input, ```output, ```message). Tags are case-insensitive and
+  tolerant: `py`/`python3` mean python, `input_1`/`input 2` mean input, and an untagged (or `text`) block is given a
+  kind by the role's parser (a block with a top-level `def` is code, anything else the kind the role expects).
+* A `<think>...</think>` section is OPTIONAL. The answer is read from the blocks, so the tags carry nothing the
+  parser needs; a small chat model (SmolLM2-135M) has never seen them and would spend many steps collecting format
+  penalties before it learnt them (the original forced them by starting the assistant turn with "<think>" under a raw
+  template; we use each model's own chat template). A model may reason in prose, or inside <think>. If it opens
+  <think> it must close it ("unclosed_think"), and blocks inside the thoughts never count, so drafts there are safe.
+* A block that is opened but never closed (the completion was cut off) is ignored; when the role then lacks a
+  required block the reason is "unclosed_block" instead of the plain "no_..._block".
+
+Nothing here runs model-written code: `ast.parse` and `tokenize` only read it.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+from dataclasses import dataclass
+
+_FENCE = "```"
+_TAG_ALIASES = {"py": "python", "python3": "python", "text": "", "txt": "", "plaintext": ""}
+_NUMBERED_TAG = re.compile(r"^(input|output|message|python)[\s_-]*\d*$")
+# Anything bigger is not a program we want to parse in this process (the parser is recursive).
+MAX_CODE_CHARS = 20_000
+
+
+@dataclass
+class Block:
+    kind: str  # "python", "input", "output", "message", "" (untagged) or any other tag as written
+    text: str  # the content, stripped of surrounding blank lines and trailing spaces
+
+
+@dataclass
+class Blocks:
+    """The complete blocks of an answer, and whether a block was left open at the end."""
+
+    blocks: list[Block]
+    unclosed: bool = False
+
+    def of_kind(self, kind: str) -> list[Block]:
+        return [b for b in self.blocks if b.kind == kind]
+
+
+def normalise_tag(tag: str) -> str:
+    tag = tag.strip().lower()
+    tag = _TAG_ALIASES.get(tag, tag)
+    match = _NUMBERED_TAG.match(tag)
+    return match.group(1) if match else tag
+
+
+def answer_region(text: str) -> tuple[str, str | None]:
+    """The part of a completion that holds the answer: the text after the last </think>, or all of it.
+
+    Returns (region, reason); reason is "unclosed_think" when <think> is opened and never closed.
+    """
+    close = text.rfind("</think>")
+    if close >= 0:
+        return text[close + len("</think>") :], None
+    if "<think>" in text:
+        return "", "unclosed_think"
+    return text, None
+
+
+def split_blocks(text: str) -> Blocks:
+    """Fenced blocks in order of appearance. A fence is a line starting with ``` (indentation allowed);
+    a closing fence may also end the last content line ("5```"), which small models often write."""
+    blocks: list[Block] = []
+    kind: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if kind is None:
+            if stripped.startswith(_FENCE):
+                kind, lines = normalise_tag(stripped[len(_FENCE) :]), []
+            continue
+        if stripped.startswith(_FENCE):
+            blocks.append(Block(kind, _clean(lines)))
+            kind = None
+        elif stripped.endswith(_FENCE):
+            lines.append(line.rstrip()[: -len(_FENCE)])
+            blocks.append(Block(kind, _clean(lines)))
+            kind = None
+        else:
+            lines.append(line)
+    return Blocks(blocks, unclosed=kind is not None)
+
+
+def _clean(lines: list[str]) -> str:
+    return "\n".join(line.rstrip() for line in lines).strip("\n")
+
+
+def defines_function(text: str) -> bool:
+    return re.search(r"^(async\s+)?def\s+\w+\s*\(", text, re.MULTILINE) is not None
+
+
+# --- code checks -----------------------------------------------------------------------------------------------------
+
+
+class CodeProblem(Exception):
+    """A program we cannot use; `reason` is machine-readable."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_module(code: str) -> ast.Module:
+    if len(code) > MAX_CODE_CHARS:
+        raise CodeProblem("too_long", f"program has {len(code)} characters (limit {MAX_CODE_CHARS})")
+    try:
+        return ast.parse(code)
+    except SyntaxError as e:
+        raise CodeProblem("syntax_error", f"line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise CodeProblem("syntax_error", f"cannot parse: {type(e).__name__}") from None
+
+
+def entry_program(code: str) -> str:
+    """Make `code` a program whose entry function is `f`, or raise CodeProblem.
+
+    - A top-level `f` is the entry, whatever helpers sit beside it.
+    - Otherwise a single top-level function is renamed to f (its own recursive calls included).
+    - Several top-level functions and none named f: the entry is ambiguous ("multiple_functions").
+    - Top-level test scaffolding the model often appends (`print(f(3))`, `assert ...`, an
+      `if __name__ == "__main__":` block) is dropped: the sandbox would reject the print, and the call is not the task.
+    """
+    tree = parse_module(code)
+    functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not functions:
+        raise CodeProblem("no_function", "the program defines no top-level function")
+    code = _drop_scaffolding(code, tree)
+    if any(fn.name == "f" for fn in functions):
+        return code
+    if len(functions) > 1:
+        names = ", ".join(fn.name for fn in functions)
+        raise CodeProblem("multiple_functions", f"several top-level functions ({names}) and none named f")
+    return rename(code, functions[0].name, "f")
+
+
+def _drop_scaffolding(code: str, tree: ast.Module) -> str:
+    drop: set[int] = set()
+    for i, node in enumerate(tree.body):
+        docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        main_guard = isinstance(node, ast.If) and "__name__" in ast.dump(node.test)
+        if (isinstance(node, (ast.Expr, ast.Assert)) and not docstring) or main_guard:
+            drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    if not drop:
+        return code
+    kept = [line for n, line in enumerate(code.splitlines(), start=1) if n not in drop]
+    return "\n".join(kept).rstrip()
+
+
+def rename(code: str, old: str, new: str) -> str:
+    """Rename the identifier `old` to `new` wherever it is a name token (never inside strings or comments)."""
+    lines = code.splitlines(keepends=True)
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return code
+    # Right to left, so earlier columns stay valid while a line is edited.
+    for tok in reversed(tokens):
+        if tok.type == tokenize.NAME and tok.string == old:
+            (row, col), (_, end) = tok.start, tok.end
+            line = lines[row - 1]
+            lines[row - 1] = line[:col] + new + line[end:]
+    return "".join(lines)
+
+
+def check_arguments(text: str) -> str | None:
+    """None when `text` reads as the arguments of a call f(...), else why not."""
+    return _check_expression(f"f({text}\n)", "arguments")
+
+
+def check_value(text: str) -> str | None:
+    """None when `text` reads as one Python expression (a literal, usually), else why not."""
+    return _check_expression(f"({text}\n)", "value")
+
+
+def _check_expression(source: str, what: str) -> str | None:
+    if len(source) > MAX_CODE_CHARS:
+        return f"{what} too long ({len(source)} characters)"
+    try:
+        ast.parse(source, mode="eval")
+    except SyntaxError as e:
+        return f"{what} are not valid Python: {e.msg}" if what == "arguments" else f"not a Python {what}: {e.msg}"
+    except (ValueError, RecursionError, MemoryError) as e:
+        return f"cannot parse the {what}: {type(e).__name__}"
+    return None

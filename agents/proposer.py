@@ -1,0 +1,187 @@
+"""The proposer role: prompts that ask the policy for new tasks, and the parser of its answers.
+
+Deduction and abduction: the proposer writes a program f and one input (a ```python block, then an ```input block),
+shown K reference triplets it must differ from, the team's goal and the curriculum's focus and difficulty nudge.
+Induction: the proposer is given a program (from the deduction/abduction buffers) and writes `induction_inputs`
+inputs (```input blocks) plus a ```message hinting at f; the solver later sees the first `induction_visible` pairs.
+
+Parsing rules (see agents/blocks.py for the block format and why <think> is optional):
+- program: the FIRST code block (```python, or an untagged block with a top-level def). First, because small models
+  tend to repeat themselves after a good answer; the first is the one they meant.
+- the entry function becomes f (agents.blocks.entry_program: several top-level functions without an f are ambiguous).
+- deduction/abduction input: the FIRST ```input block (or untagged block without a def).
+- induction inputs: every ```input block (and untagged block without a def) in order; duplicates (same arguments
+  up to formatting) are dropped; the first `induction_inputs` distinct ones are kept, fewer is "too_few_inputs".
+- induction message: the FIRST ```message block; it must not quote the program ("message_leaks_code").
+Every failure has a machine-readable `reason`; `detail` says what exactly, for logs and the digest.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+from botlab.agents.blocks import Blocks, CodeProblem, answer_region, check_arguments, defines_function, entry_program
+from botlab.agents.blocks import split_blocks
+from botlab.agents.prompts import chat, load_prompts, render
+from botlab.config import TASK_TYPES, SelfPlayConfig, TaskType
+from botlab.curriculum import Curriculum
+from botlab.tasks import Triplet
+
+# Program lines at least this long that reappear in an induction message count as quoting the code.
+_LEAK_MIN_CHARS = 12
+_DEF = re.compile(r"\bdef\s+\w+\s*\(")
+
+
+@dataclass
+class ProposalParse:
+    program: str = ""
+    inputs: list[str] = field(default_factory=list)
+    message: str = ""
+    reason: str | None = None  # None when the proposal parsed
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _fail(reason: str, detail: str) -> ProposalParse:
+    return ProposalParse(reason=reason, detail=detail)
+
+
+class Proposer:
+    def __init__(self, selfplay_cfg: SelfPlayConfig, goal: str = ""):
+        self.cfg = selfplay_cfg
+        self.goal = goal.strip()
+        self.prompts = load_prompts("proposer")
+
+    # --- prompts -----------------------------------------------------------------------------------------------------
+
+    def messages(
+        self, task_type: TaskType, references: list[Triplet], curriculum: Curriculum | None = None
+    ) -> list[dict]:
+        """Chat messages asking for one proposal.
+
+        Deduction/abduction: `references` are the K triplets to show (their first input and output).
+        Induction: `references[0]` is the program to write inputs for; further references are not shown.
+        """
+        _check_task_type(task_type)
+        curriculum = curriculum or Curriculum()
+        if task_type == "induction":
+            if not references:
+                raise ValueError("induction proposals need the program to probe as references[0]")
+            user = render(
+                self.prompts["induction"],
+                program=references[0].program,
+                n=self.cfg.induction_inputs,
+                visible=self.cfg.induction_visible,
+            )
+        else:
+            user = render(
+                self.prompts["program"],
+                task=self.prompts["program_task"][task_type],
+                goal=self.goal,
+                focus=", ".join(curriculum.focus),
+                difficulty=self.prompts["difficulty_lines"].get(curriculum.difficulty, ""),
+                references=[r for r in references if r.inputs and r.outputs],
+            )
+        return chat(self.prompts["system"], user)
+
+    # --- parsing -----------------------------------------------------------------------------------------------------
+
+    def parse(self, task_type: TaskType, completion_text: str, program: str | None = None) -> ProposalParse:
+        """Read a proposal. For induction, pass the probed `program` to catch a message that quotes it."""
+        _check_task_type(task_type)
+        if not completion_text.strip():
+            return _fail("empty_completion", "the completion is empty")
+        region, reason = answer_region(completion_text)
+        if reason:
+            return _fail(reason, "<think> was opened and never closed")
+        blocks = split_blocks(region)
+        if task_type == "induction":
+            return self._parse_induction(blocks, program)
+        return self._parse_program_and_input(blocks)
+
+    def _parse_program_and_input(self, blocks: Blocks) -> ProposalParse:
+        codes = _code_blocks(blocks)
+        if not codes:
+            return _missing(blocks, "no_code_block", "no ```python block")
+        if not codes[0].strip():
+            return _fail("empty_program", "the ```python block is empty")
+        try:
+            program = entry_program(codes[0])
+        except CodeProblem as e:
+            return _fail(e.reason, e.detail)
+        inputs = _input_blocks(blocks)
+        if not inputs:
+            return _missing(blocks, "no_input_block", "no ```input block")
+        if not inputs[0].strip():
+            return _fail("empty_input", "the ```input block is empty")
+        problem = check_arguments(inputs[0])
+        if problem:
+            return _fail("input_syntax_error", problem)
+        return ProposalParse(program=program, inputs=[inputs[0].strip()])
+
+    def _parse_induction(self, blocks: Blocks, program: str | None) -> ProposalParse:
+        wanted = self.cfg.induction_inputs
+        inputs: list[str] = []
+        seen: set[str] = set()
+        for n, text in enumerate(_input_blocks(blocks), start=1):
+            if not text.strip():
+                continue
+            problem = check_arguments(text)
+            if problem:
+                return _fail("input_syntax_error", f"input {n}: {problem}")
+            key = _arguments_key(text)
+            if key not in seen:
+                seen.add(key)
+                inputs.append(text.strip())
+        if len(inputs) < wanted:
+            return _missing(blocks, "too_few_inputs", f"{len(inputs)} distinct inputs, {wanted} needed")
+        messages = blocks.of_kind("message")
+        if not messages:
+            return _missing(blocks, "no_message_block", "no ```message block")
+        message = messages[0].text.strip()
+        if not message:
+            return _fail("empty_message", "the ```message block is empty")
+        if program and _quotes_code(message, program):
+            return _fail("message_leaks_code", "the message quotes the program")
+        return ProposalParse(program=program or "", inputs=inputs[:wanted], message=message)
+
+
+def _check_task_type(task_type: str) -> None:
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
+
+
+def _missing(blocks: Blocks, reason: str, detail: str) -> ProposalParse:
+    """A required block is missing; if one was left open at the end, the completion was cut off."""
+    if blocks.unclosed:
+        return _fail("unclosed_block", f"{detail} (a block was left open)")
+    return _fail(reason, detail)
+
+
+def _code_blocks(blocks: Blocks) -> list[str]:
+    return [b.text for b in blocks.blocks if b.kind == "python" or (b.kind == "" and defines_function(b.text))]
+
+
+def _input_blocks(blocks: Blocks) -> list[str]:
+    return [b.text for b in blocks.blocks if b.kind == "input" or (b.kind == "" and not defines_function(b.text))]
+
+
+def _arguments_key(text: str) -> str:
+    """Arguments up to formatting ("[1,2]" and "[1, 2]" are the same input)."""
+    return ast.dump(ast.parse(f"f({text}\n)", mode="eval"))
+
+
+def _quotes_code(message: str, program: str) -> bool:
+    if _DEF.search(message):
+        return True
+    flat = " ".join(message.split())
+    for line in program.splitlines():
+        line = " ".join(line.split())
+        if len(line) >= _LEAK_MIN_CHARS and not line.startswith("#") and line in flat:
+            return True
+    return False
