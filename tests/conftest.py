@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.mail",
     "tests.fixtures.nostr",
     "tests.fixtures.sandbox",
+    "tests.fixtures.engines",
 ]
