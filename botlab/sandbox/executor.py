@@ -68,10 +68,11 @@ class Executor:
         self.config = config or ExecutorConfig()
         self.slots = _worker_count(self.config.workers)
         self._lock = threading.Lock()
+        self._closed = False
         self._log_dir = Path(tempfile.mkdtemp(prefix="botlab-sandbox-logs-"))
         settings = _worker_settings(self.config)
         self._workers = [Worker(i, HASH_SEEDS[i % 2], settings, self._log_dir) for i in range(2 * self.slots)]
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._log_dir)
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._log_dir, os.getpid())
         try:
             for worker in self._workers:
                 worker.start()
@@ -92,6 +93,7 @@ class Executor:
         return [w.pid for w in self._workers if w.pid is not None]
 
     def close(self) -> None:
+        self._closed = True
         self._finalizer()
 
     def __enter__(self) -> "Executor":
@@ -140,10 +142,12 @@ class Executor:
         """Deduction: is each answer expression equal (==) to the gold output? Items are (gold_repr, answer)."""
         jobs: list[dict | tuple[str, str]] = []
         for i, item in enumerate(items):
-            gold, answer = (_text(x, f"item {i} {n}") for x, n in zip(_pair(item, i, "(gold, answer)"), ("gold", "answer")))
-            too_long = len(answer) > 2 * self.config.max_output_chars
-            jobs.append(("input_too_large", "the answer is too long") if too_long else
-                        {"kind": "check_output", "gold": gold, "answer": answer})
+            gold, answer = _pair(item, i, "(gold_output, answer)")
+            gold, answer = _text(gold, f"item {i} gold"), _text(answer, f"item {i} answer")
+            if len(answer) > 2 * self.config.max_output_chars:  # gold reprs are capped; leave room for spacing
+                jobs.append(("input_too_large", f"the answer has {len(answer)} characters"))
+            else:
+                jobs.append({"kind": "check_output", "gold": gold, "answer": answer})
         return self._check(jobs)
 
     def check_inputs(self, items: Sequence[tuple[str, str, str]]) -> list[CheckResult]:
@@ -209,6 +213,8 @@ class Executor:
         if not runs:
             return
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the sandbox executor is closed")
             queues: dict[int | None, deque[_Run]] = {None: deque(runs), 0: deque(), 1: deque()}
             busy: dict[Worker, tuple[_Run, float]] = {}
             with selectors.DefaultSelector() as selector:
@@ -268,6 +274,8 @@ class Executor:
 
     def _worker_failed(self, worker: Worker, run: _Run, queues, on_result) -> None:
         """Replace the worker; retry its run once, then give up on that item."""
+        if self._closed:  # closed from another thread while this batch ran
+            raise RuntimeError("the sandbox executor was closed during a batch")
         worker.restart()
         if run.attempt == 0:
             run.attempt = 1
@@ -307,7 +315,9 @@ def _worker_settings(config: ExecutorConfig) -> dict:
     }
 
 
-def _shutdown(workers: list[Worker], log_dir: Path) -> None:
+def _shutdown(workers: list[Worker], log_dir: Path, owner_pid: int) -> None:
+    if os.getpid() != owner_pid:  # a forked copy of the trainer exiting: the workers are not its to stop
+        return
     for worker in workers:
         worker.kill()
     shutil.rmtree(log_dir, ignore_errors=True)

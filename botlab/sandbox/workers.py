@@ -115,7 +115,9 @@ class Worker:
         self.runs += 1
         write_frame(self.stdin, job)
 
-    def receive(self) -> dict:
+    def receive(self, timeout_s: float | None = None) -> dict:
+        if timeout_s is not None and not select.select([self.stdout], [], [], timeout_s)[0]:
+            raise WorkerGone(f"no answer within {timeout_s:g} s")
         message = read_frame(self.stdout)
         if not isinstance(message, dict):
             raise WorkerGone(f"unexpected message {message!r:.80}")

@@ -35,6 +35,7 @@ PRELOAD = (
     "string", "struct", "textwrap", "typing", "unicodedata", "zlib",
 )
 CACHE_SIZE = 128  # compiled programs kept; a small heap keeps every fork cheap
+HARNESS_FAILED = 70  # exit status of a program process whose confinement or reporting failed
 
 # fork(2) without CPython's at-fork handlers. The worker is single-threaded, so there is nothing for them to
 # repair, and the ones that preloaded modules register (threading's, random's reseeding) would cost every program
@@ -74,6 +75,7 @@ def main() -> None:
     iso = isolation.enter_namespaces(settings.namespaces)
     _fork_server_process()
     isolation.finish_in_init(iso)
+    isolation.limit_worker(settings.memory_mb)
     hub = Hub(settings, iso)
     gc.freeze()  # keep the collector off the inherited heap in children: fewer copy-on-write faults
     write_frame(1, {"ready": True, "isolation": iso.describe(), "pid": os.getpid()})
@@ -125,7 +127,8 @@ class Hub:
     def prepare(self, job: dict) -> Job:
         kind = job["kind"]
         if kind == "run":
-            return Job(kind, self.compiled("program", job["program"]), tuple(self.compiled("call", i) for i in job["inputs"]))
+            calls = tuple(self.compiled("call", text) for text in job["inputs"])
+            return Job(kind, self.compiled("program", job["program"]), calls)
         if kind == "check_output":
             return Job(kind, golds=(self.compiled("gold", job["gold"]),), answer=self.compiled("answer", job["answer"]))
         if kind == "check_input":
@@ -155,7 +158,11 @@ class Hub:
         return hit
 
     def _compile(self, role: str, text: str):
-        source, mode = {"program": (text, "exec"), "call": (f"f(\n{text}\n)", "eval")}.get(role, (text.strip(), "eval"))
+        # An input is f's argument list; newlines let it end in a comment without swallowing the parenthesis.
+        if role == "program":
+            source, mode = text, "exec"
+        else:
+            source, mode = (f"f(\n{text}\n)" if role == "call" else text.strip()), "eval"
         parse_fail = {"program": "syntax_error", "call": "bad_input", "answer": "syntax_error", "gold": "bad_gold"}[role]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SyntaxWarnings of model code are not ours to print
@@ -202,18 +209,22 @@ class Hub:
             gc.freeze()  # the collector must not walk (and so copy) the worker's young objects: O(1) list splice
             os.close(read_fd)
             s = self.settings
-            isolation.confine_child(self.iso, s.cpu_s, s.memory_mb, self.null_fd, write_fd, workdir)
+            isolation.confine_child(self.iso, s.cpu_s, self.null_fd, write_fd, workdir)
             result = run_job(job, self.builtins, s.max_output_chars, s.allow_none_output)
             view = memoryview(encode_result(result))
             while view:
                 view = view[os.write(write_fd, view) :]
-        finally:
-            os._exit(0)
+        except BaseException:  # noqa: BLE001 - the harness itself failed: no result, a distinct status
+            os._exit(HARNESS_FAILED)
+        os._exit(0)
 
     def _collect(self, pid: int, read_fd: int, cap: int) -> tuple[bytes, int | None, float, bool]:
         """Read the child's result until it exits or the deadline passes; (data, wait status, cpu s, timed out)."""
         deadline = time.monotonic() + self.settings.timeout_s
-        pidfd = os.pidfd_open(pid)
+        try:
+            exit_fd = os.pidfd_open(pid)  # readable once the child has exited
+        except OSError:  # kernels before 5.3, or a seccomp filter: poll instead
+            exit_fd = None
         chunks: list[bytes] = []
         size, reading, status, cpu = 0, True, None, 0.0
         try:
@@ -221,17 +232,23 @@ class Hub:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or size > cap:
                     return b"".join(chunks), None, 0.0, remaining <= 0
-                ready, _, _ = select.select([read_fd] if reading else [pidfd], [], [], remaining)
+                if reading:
+                    waiting, wait = [read_fd], remaining
+                else:
+                    waiting, wait = ([exit_fd], remaining) if exit_fd is not None else ([], min(remaining, 0.002))
+                ready, _, _ = select.select(waiting, [], [], wait)
                 if read_fd in ready:
                     chunk = os.read(read_fd, 65536)
                     reading = bool(chunk)
                     chunks.append(chunk)
                     size += len(chunk)
-                elif pidfd in ready:
-                    _, status, usage = os.wait4(pid, 0)
+                elif not reading:
+                    done, status, usage = os.wait4(pid, os.WNOHANG)
+                    status = status if done else None
                     cpu = usage.ru_utime + usage.ru_stime
         finally:
-            os.close(pidfd)
+            if exit_fd is not None:
+                os.close(exit_fd)
         return b"".join(chunks), status, cpu, False
 
     def _kill_leftovers(self, pid: int, reaped: bool) -> None:

@@ -30,7 +30,7 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added after the syscall table unification)
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 PRIVATE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # the world-writable places, replaced by empty ones
@@ -142,13 +142,26 @@ def finish_in_init(iso: Isolation) -> None:
     if iso.user_namespace:
         _drop_capabilities()
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # inherited: no program can gain privileges through exec
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace or /proc/<pid>/mem of the worker, even by its own uid
     if not iso.network:
         for name in ("_socket", "socket", "_ssl", "ssl", "select", "_posixsubprocess"):
             sys.modules[name] = None  # type: ignore[assignment]  # any import of these now fails
 
 
-def confine_child(iso: Isolation, cpu_s: int, memory_mb: int, null_fd: int, keep_fd: int, workdir: str) -> None:
-    """In each program process, after fork and before the program: limits, no privileges, nothing inherited."""
+def limit_worker(memory_mb: int) -> None:
+    """Limits that can be set once in the fork server and are inherited by every program process."""
+    for which, value in (
+        (resource.RLIMIT_AS, memory_mb << 20),
+        (resource.RLIMIT_FSIZE, CHILD_FILE_LIMIT),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, CHILD_OPEN_FILES),
+    ):
+        resource.setrlimit(which, (value, value))
+
+
+def confine_child(iso: Isolation, cpu_s: int, null_fd: int, keep_fd: int, workdir: str) -> None:
+    """In each program process, after fork and before the program: its own limits, no privileges, no inherited
+    files (the worker's pipe to the trainer above all)."""
     os.setsid()  # its own process group: killpg reaches whatever it manages to start
     if not iso.pid:  # in a pid namespace the worker's death already takes every program process with it
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -156,16 +169,8 @@ def confine_child(iso: Isolation, cpu_s: int, memory_mb: int, null_fd: int, keep
         os.dup2(null_fd, fd)
     os.closerange(3, keep_fd)
     os.closerange(keep_fd + 1, 1 << 16)
-    limits = {
-        resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),
-        resource.RLIMIT_AS: (memory_mb << 20, memory_mb << 20),
-        resource.RLIMIT_FSIZE: (CHILD_FILE_LIMIT, CHILD_FILE_LIMIT),
-        resource.RLIMIT_NPROC: (0, 0),  # no fork at all (enforced for non-root users, hence `nobody` below)
-        resource.RLIMIT_CORE: (0, 0),
-        resource.RLIMIT_NOFILE: (CHILD_OPEN_FILES, CHILD_OPEN_FILES),
-    }
-    for which, value in limits.items():
-        resource.setrlimit(which, value)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # its own CPU time starts at zero
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork at all (enforced for non-root: hence `nobody`)
     os.chdir(workdir)
     if iso.run_as:
         uid, gid = iso.run_as
