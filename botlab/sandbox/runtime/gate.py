@@ -38,7 +38,7 @@ DEFAULT_BANNED_MODULES: tuple[str, ...] = (
 
 DEFAULT_BANNED_BUILTINS: tuple[str, ...] = (
     "__import__", "eval", "exec", "compile", "open", "input", "breakpoint", "globals", "locals", "vars", "getattr",
-    "setattr", "delattr", "exit", "quit", "help", "memoryview", "copyright", "credits", "license",
+    "setattr", "delattr", "exit", "quit", "help", "copyright", "credits", "license",
 )
 
 # Dunder attributes with no escape value that ordinary class-based programs use.
