@@ -98,7 +98,13 @@ def _print_status(info: dict) -> None:
         return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
     def per_type(values: dict) -> str:
-        return ", ".join(f"{k} {v:.2f}" for k, v in sorted(values.items())) or "-"
+        """'deduction 0.25, ...'; nested per-role values print as 'deduction proposer 0.10 solver -0.50'."""
+        def fmt(v) -> str:
+            if isinstance(v, dict):
+                return " ".join(f"{role} {fmt(x)}" for role, x in v.items())
+            return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+        return ", ".join(f"{k} {fmt(v)}" for k, v in sorted(values.items())) or "-"
 
     table.add_row("state", info["state"])
     table.add_row("step", f"{info['step']} of {info['total_steps']}")
@@ -109,14 +115,15 @@ def _print_status(info: dict) -> None:
         table.add_row("throughput", f"{sps:.1f} s/step" if sps else "-")
         table.add_row("rewards", per_type(info["rewards"]))
         table.add_row("solve rates", per_type(info["solve_rates"]))
-        table.add_row("buffers", per_type({k: float(v) for k, v in info["buffer_sizes"].items()}).replace(".00", ""))
+        table.add_row("buffers", per_type(info["buffer_sizes"]))
         digest = info["last_digest"]
         table.add_row("last digest", f"#{digest['id']} at {when(digest['created_at'])}" if digest else "-")
         table.add_row("next digest", when(info["next_digest_at"]))
         table.add_row("pending feedback", str(info["pending_feedback"]))
         table.add_row("unsent messages", str(info["unsent_messages"]))
         table.add_row("last eval", json.dumps(info["last_eval"]) if info["last_eval"] else "-")
-        table.add_row("engine", str(info["engine"] or "-"))
+        engine = info["engine"] or {}
+        table.add_row("engine", engine.get("why") or engine.get("name") or "-")
         table.add_row("errors since start", str(info["errors_since_start"]))
     table.add_row("run dir", info["run_dir"])
     console.print(table)
