@@ -11,24 +11,21 @@ kept, and only if the second run's are identical.
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import tempfile
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from botlab.config import ExecutorConfig
 from botlab.sandbox.runtime.gate import DEFAULT_BANNED_BUILTINS, DEFAULT_BANNED_MODULES
-from botlab.sandbox.runtime.protocol import WorkerGone
+from botlab.sandbox.scheduler import Batch, OnResult, Run
 from botlab.sandbox.workers import START_TIMEOUT_S, Worker
 
 HASH_SEEDS = (1, 2)  # worker group 0 and group 1; the two runs of a validation use one of each
-GRACE_S = 10.0  # beyond its own deadline, how long a worker may take to answer before it is replaced
 
 
 @dataclass(frozen=True)
@@ -48,17 +45,6 @@ class CheckResult:
     correct: bool
     reason: str | None = None  # a key of botlab.sandbox.REASONS when not correct ("wrong_answer" if it just differs)
     detail: str = ""
-
-
-@dataclass
-class _Run:
-    """One job for one worker. A validation has two stages; the second must go to the other hash-seed group."""
-
-    key: int
-    job: dict
-    group: int | None = None
-    stage: int = 1
-    attempt: int = 0
 
 
 class Executor:
@@ -116,15 +102,15 @@ class Executor:
             if problem:
                 results[i] = Validation(False, [], *problem)
             else:
-                runs.append(_Run(i, {"kind": "run", "program": program, "inputs": inputs}))
+                runs.append(Run(i, {"kind": "run", "program": program, "inputs": inputs}))
 
-        def on_result(run: _Run, group: int, result: dict) -> _Run | None:
+        def on_result(run: Run, group: int, result: dict) -> Run | None:
             if run.stage == 1:
                 if result["reason"]:
                     results[run.key] = Validation(False, [], result["reason"], result["detail"])
                     return None
                 first_outputs[run.key] = result["outputs"]
-                return _Run(run.key, run.job, group=1 - group, stage=2)
+                return Run(run.key, run.job, group=1 - group, stage=2)
             first = first_outputs.pop(run.key)
             if result["reason"]:
                 detail = f"the first run succeeded, the second failed: {result['reason']} ({result['detail']})"
@@ -191,6 +177,15 @@ class Executor:
                 return "input_too_large", f"input {j} has {len(text)} characters, the limit is {limit}"
         return None
 
+    def _schedule(self, runs: list[Run], on_result: OnResult) -> None:
+        if not runs:
+            return
+        with self._lock:  # one batch at a time: a batch already uses every worker
+            if self._closed:
+                raise RuntimeError("the sandbox executor is closed")
+            c = self.config
+            Batch(self._workers, self.slots, c.timeout_s, c.tasks_per_worker, on_result, lambda: self._closed).run(runs)
+
     def _check(self, jobs: list[dict | tuple[str, str]]) -> list[CheckResult]:
         results: list[CheckResult | None] = [None] * len(jobs)
         runs = []
@@ -198,96 +193,13 @@ class Executor:
             if isinstance(job, tuple):
                 results[i] = CheckResult(False, *job)
             else:
-                runs.append(_Run(i, job))
+                runs.append(Run(i, job))
 
-        def on_result(run: _Run, group: int, result: dict) -> None:
+        def on_result(run: Run, group: int, result: dict) -> None:
             results[run.key] = CheckResult(result["reason"] is None, result["reason"], result["detail"])
 
         self._schedule(runs, on_result)
         return results  # type: ignore[return-value]
-
-    # --- the scheduler ---------------------------------------------------------------------------------------------
-
-    def _schedule(self, runs: list[_Run], on_result: Callable[[_Run, int, dict], _Run | None]) -> None:
-        """Run jobs on the pool, `slots` at a time, until every run (and follow-up run) has a result."""
-        if not runs:
-            return
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the sandbox executor is closed")
-            queues: dict[int | None, deque[_Run]] = {None: deque(runs), 0: deque(), 1: deque()}
-            busy: dict[Worker, tuple[_Run, float]] = {}
-            with selectors.DefaultSelector() as selector:
-                while any(queues.values()) or busy:
-                    self._dispatch(queues, busy, selector, on_result)
-                    self._collect(queues, busy, selector, on_result)
-
-    def _dispatch(self, queues, busy, selector, on_result) -> None:
-        while len(busy) < self.slots:
-            worker, run = self._next_assignment(queues, busy)
-            if run is None:
-                return
-            try:
-                worker.send(run.job)
-            except WorkerGone:
-                self._worker_failed(worker, run, queues, on_result)
-                continue
-            busy[worker] = (run, time.monotonic() + self.config.timeout_s + GRACE_S)
-            selector.register(worker, selectors.EVENT_READ)
-
-    def _next_assignment(self, queues, busy) -> tuple[Worker | None, _Run | None]:
-        idle = [w for w in self._workers if w not in busy]
-        for group in (0, 1):  # second stages first: they finish items
-            if queues[group]:
-                worker = next((w for w in idle if w.index % 2 == group), None)
-                if worker:
-                    return worker, queues[group].popleft()
-        if queues[None] and idle:
-            busy_in_group0 = sum(1 for w in busy if w.index % 2 == 0)
-            group = 0 if busy_in_group0 <= len(busy) - busy_in_group0 else 1
-            worker = next((w for w in idle if w.index % 2 == group), idle[0])
-            return worker, queues[None].popleft()
-        return None, None
-
-    def _collect(self, queues, busy, selector, on_result) -> None:
-        if not busy:
-            return
-        timeout = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
-        for key, _ in selector.select(timeout):
-            worker = key.fileobj
-            run, _ = busy.pop(worker)
-            selector.unregister(worker)
-            try:
-                result = worker.receive()
-            except WorkerGone:
-                self._worker_failed(worker, run, queues, on_result)
-                continue
-            self._follow_up(on_result(run, worker.index % 2, result), queues)
-            if worker.runs >= self.config.tasks_per_worker:
-                worker.restart()
-        now = time.monotonic()
-        for worker, (run, deadline) in list(busy.items()):
-            if now > deadline:  # the worker itself is stuck: its own deadline should have fired long ago
-                busy.pop(worker)
-                selector.unregister(worker)
-                self._worker_failed(worker, run, queues, on_result)
-
-    def _worker_failed(self, worker: Worker, run: _Run, queues, on_result) -> None:
-        """Replace the worker; retry its run once, then give up on that item."""
-        if self._closed:  # closed from another thread while this batch ran
-            raise RuntimeError("the sandbox executor was closed during a batch")
-        worker.restart()
-        if run.attempt == 0:
-            run.attempt = 1
-            queues[run.group].appendleft(run)
-            return
-        failure = {"reason": "worker_crash", "detail": "the sandbox worker died twice on this item", "outputs": []}
-        self._follow_up(on_result(run, worker.index % 2, failure), queues)
-
-    @staticmethod
-    def _follow_up(run: _Run | None, queues) -> None:
-        if run is not None:
-            queues[run.group].append(run)
 
 
 def _worker_count(workers: int | str) -> int:
