@@ -174,23 +174,65 @@ def rename(code: str, old: str, new: str) -> str:
     return "".join(lines)
 
 
-def check_arguments(text: str) -> str | None:
-    """None when `text` reads as the arguments of a call f(...), else why not."""
-    return _check_expression(f"f({text}\n)", "arguments")
-
-
-def check_value(text: str) -> str | None:
-    """None when `text` reads as one Python expression (a literal, usually), else why not."""
-    return _check_expression(f"({text}\n)", "value")
-
-
-def _check_expression(source: str, what: str) -> str | None:
-    if len(source) > MAX_CODE_CHARS:
-        return f"{what} too long ({len(source)} characters)"
-    try:
-        ast.parse(source, mode="eval")
-    except SyntaxError as e:
-        return f"{what} are not valid Python: {e.msg}" if what == "arguments" else f"not a Python {what}: {e.msg}"
-    except (ValueError, RecursionError, MemoryError) as e:
-        return f"cannot parse the {what}: {type(e).__name__}"
+def check_arguments(text: str, values_only: bool = False) -> tuple[str, str] | None:
+    """None when `text` reads as the arguments of a call f(...), else (problem, detail) with problem "syntax" or
+    "not_a_value" (`values_only`: every argument must be a written-out value, see `is_value`)."""
+    tree, problem = _parse_expression(f"f({text}\n)", "arguments")
+    if problem:
+        return problem
+    call = tree.body
+    if values_only and not all(is_value(a) for a in [*call.args, *(k.value for k in call.keywords)]):
+        return "not_a_value", "arguments must be values written out (literals), not expressions to compute"
     return None
+
+
+def check_value(text: str) -> tuple[str, str] | None:
+    """None when `text` is one value written out (see `is_value`), else (problem, detail) as in check_arguments."""
+    tree, problem = _parse_expression(f"({text}\n)", "value")
+    if problem:
+        return problem
+    if not is_value(tree.body):
+        return "not_a_value", "the answer must be a value written out (a literal), not an expression to compute"
+    return None
+
+
+def _parse_expression(source: str, what: str) -> tuple[ast.Expression | None, tuple[str, str] | None]:
+    if len(source) > MAX_CODE_CHARS:
+        return None, ("syntax", f"{what} too long ({len(source)} characters)")
+    try:
+        return ast.parse(source, mode="eval"), None
+    except SyntaxError as e:
+        return None, ("syntax", f"{what} not valid Python: {e.msg}")
+    except (ValueError, RecursionError, MemoryError) as e:
+        return None, ("syntax", f"cannot parse the {what}: {type(e).__name__}")
+
+
+# Calls that appear in canonical reprs: set(), frozenset({...}), range(0, 3), float('inf').
+_VALUE_CALLS = {"set", "frozenset", "range", "float"}
+
+
+def is_value(node: ast.AST) -> bool:
+    """Is this expression a value written out, the way the sandbox writes outputs (constants, containers, the
+    constructor calls above), rather than a computation?
+
+    Solvers' answers must be: the sandbox evaluates them, so `(lambda s: s[::-1])('abc')` as a deduction answer, or
+    `next(x for x in range(99) if f(x) == 7)` as abduction arguments, would let the sandbox do the solver's work.
+    """
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return all(is_value(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is not None and is_value(k) for k in node.keys) and all(is_value(v) for v in node.values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return is_value(node.operand)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):  # complex numbers: 1+2j
+        return all(isinstance(side, ast.Constant) and isinstance(side.value, (int, float, complex))
+                   for side in (_unsigned(node.left), _unsigned(node.right)))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _VALUE_CALLS:
+        return not node.keywords and all(is_value(a) for a in node.args)
+    return False
+
+
+def _unsigned(node: ast.AST) -> ast.AST:
+    return node.operand if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) else node

@@ -121,7 +121,7 @@ class Proposer:
             return _fail("empty_input", "the ```input block is empty")
         problem = check_arguments(inputs[0])
         if problem:
-            return _fail("input_syntax_error", problem)
+            return _fail("input_syntax_error", problem[1])
         return ProposalParse(program=program, inputs=[inputs[0].strip()])
 
     def _parse_induction(self, blocks: Blocks, program: str | None) -> ProposalParse:
@@ -133,7 +133,7 @@ class Proposer:
                 continue
             problem = check_arguments(text)
             if problem:
-                return _fail("input_syntax_error", f"input {n}: {problem}")
+                return _fail("input_syntax_error", f"input {n}: {problem[1]}")
             key = _arguments_key(text)
             if key not in seen:
                 seen.add(key)

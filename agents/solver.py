@@ -8,6 +8,8 @@ hidden tests); the answer is a program, one ```python block whose entry function
 Parsing rules (see agents/blocks.py for the block format and why <think> is optional): the answer is the LAST
 complete block of the expected kind (an untagged block counts: as code when it has a top-level def, else as the
 expected value/arguments). Last, because a solver may draft and correct itself; the final block is its answer.
+Deduction answers and abduction arguments must be values written out (agents.blocks.is_value): the sandbox
+evaluates them, and an expression would let it do the solver's work ("answer_not_a_value").
 Every failure has a machine-readable `reason`.
 """
 
@@ -87,9 +89,10 @@ class Solver:
                 return AnswerParse(answer=entry_program(answer))
             except CodeProblem as e:
                 return AnswerParse(reason=e.reason, detail=e.detail)
-        problem = check_arguments(answer) if kind == "input" else check_value(answer)
+        problem = check_arguments(answer, values_only=True) if kind == "input" else check_value(answer)
         if problem:
-            return AnswerParse(reason="answer_syntax_error", detail=problem)
+            reason = "answer_syntax_error" if problem[0] == "syntax" else "answer_not_a_value"
+            return AnswerParse(reason=reason, detail=problem[1])
         return AnswerParse(answer=answer)
 
 

@@ -187,6 +187,20 @@ def test_solver_accepts_untagged_answer_blocks(solver):
     assert program == "def f(n):\n    return 2 * n"
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["None", "-3", "2.5e-3", "(1+2j)", "-1-2j", "b'xy'", "[1, (2,), {'a': {3}}]", "set()", "frozenset({1, 2})",
+     "range(0, 3)", "-float('inf')", "{(1, 2): [True, False]}"],
+)
+def test_solver_deduction_accepts_every_canonical_value_form(solver, value):
+    parsed = solver.parse("deduction", f"```output\n{value}\n```")
+    assert parsed.ok and parsed.answer == value
+
+
+def test_solver_abduction_accepts_keyword_and_positional_values(solver):
+    assert solver.parse("abduction", "```input\n[1, 2], k=-1\n```").answer == "[1, 2], k=-1"
+
+
 def test_solver_abduction_and_induction(solver):
     assert solver.parse("abduction", "<think>f reverses</think>\n```input\n'cba'\n```").answer == "'cba'"
     text = "```python\ndef f(n):\n    return n\n```\nbetter:\n```python\ndef f(n):\n    return 2 * n + 1\nprint(f(2))\n```"
@@ -203,7 +217,12 @@ def test_solver_abduction_and_induction(solver):
         ("deduction", "```output\n5", "unclosed_block"),
         ("deduction", "```output\n\n```", "empty_answer"),
         ("deduction", "```output\n[1, 2\n```", "answer_syntax_error"),
+        ("deduction", "```output\n(lambda s: s[::-1] + s[0])('abc')\n```", "answer_not_a_value"),
+        ("deduction", "```output\nsorted([3, 1, 2])\n```", "answer_not_a_value"),
+        ("deduction", "```output\n'ab' * 2\n```", "answer_not_a_value"),
         ("abduction", "f('abc')", "no_input_block"),
+        ("abduction", "```input\nnext(x for x in range(99) if f(x) == 7)\n```", "answer_not_a_value"),
+        ("abduction", "```input\n1, key=[i for i in 'ab']\n```", "answer_not_a_value"),
         ("abduction", "```input\n  \n```", "empty_answer"),
         ("abduction", "```input\n'a' 'b' ]\n```", "answer_syntax_error"),
         ("induction", "```output\n5\n```", "no_code_block"),
