@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.nostr",
     "tests.fixtures.sandbox",
     "tests.fixtures.engines",
+    "tests.fixtures.agents",
 ]
