@@ -89,7 +89,7 @@ def check(tree: ast.AST, policy: Policy, modules: dict[str, types.ModuleType]) -
 
     `modules` are the modules already loaded in the worker: they let the gate see that `typing.sys` is a module.
     """
-    nodes = list(ast.walk(tree))  # iterative: deep trees cannot overflow the stack here
+    nodes = _all_nodes(tree)
     imported, bound = _bindings(nodes)
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -108,6 +108,20 @@ def check(tree: ast.AST, policy: Policy, modules: dict[str, types.ModuleType]) -
                 _check_attribute_name(attr, policy, node)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and policy.block_introspection:
             _check_string(node, policy)
+
+
+def _all_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node, breadth first. Iterative, so deep trees cannot overflow the stack; about twice as fast as
+    list(ast.walk(tree)), which matters because the gate runs on every proposal and every answer."""
+    nodes = [tree]
+    for node in nodes:  # the list grows while we walk it
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                nodes.extend(item for item in value if isinstance(item, ast.AST))
+            elif isinstance(value, ast.AST):
+                nodes.append(value)
+    return nodes
 
 
 def _bindings(nodes: list[ast.AST]) -> tuple[dict[str, str], set[str]]:
