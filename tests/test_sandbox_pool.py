@@ -79,6 +79,19 @@ def test_a_worker_killed_mid_batch_is_replaced_and_its_item_retried(pool):
     assert program_processes(pool) == []
 
 
+def test_the_wall_clock_limit_kills_a_program_that_uses_no_cpu():
+    config = ExecutorConfig(workers=1, timeout_s=1, cpu_s=5, banned_modules=[], extra_preload=["time"])
+    with Executor(config) as ex:
+        [v] = ex.validate_many([("import time\ndef f(x):\n    time.sleep(600)", ["1"])])
+        assert (v.reason, v.detail) == ("timeout", "wall-clock limit of 1 s")
+        assert program_processes(ex) == []
+
+
+def test_endless_programs_are_stopped_by_the_cpu_limit(pool):
+    [v] = pool.validate_many([FOREVER])
+    assert (v.reason, v.detail) == ("timeout", "CPU-time limit of 1 s")
+
+
 def test_workers_are_recycled_after_their_quota():
     with Executor(ExecutorConfig(**TEST_LIMITS, tasks_per_worker=3)) as ex:
         first = set(ex.worker_pids())
@@ -99,7 +112,7 @@ def test_close_leaves_nothing_running():
 
 def test_without_namespaces_sockets_are_refused_and_the_report_says_so():
     config = ExecutorConfig(
-        workers=1, timeout_s=2, cpu_s=2, namespaces=False, banned_modules=[], banned_builtins=[],
+        **TEST_LIMITS | {"workers": 1}, namespaces=False, banned_modules=[], banned_builtins=[],
         block_introspection=False, extra_preload=ATTACK_MODULES,
     )
     program = (
@@ -171,12 +184,9 @@ def test_sandbox_check_command(tmp_path: Path):
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == {"valid": True, "output": "'olleh'", "reason": None}
 
-    run = _botlab("sandbox", "check", str(bad), "--input", "1", "--json")
+    run = _botlab("sandbox", "check", str(bad), "--input", "1")
     assert run.returncode == 1
-    assert json.loads(run.stdout) == {"valid": False, "output": None, "reason": "forbidden_import"}
-
-    run = _botlab("sandbox", "check", str(good), "--input", "'hi'")
-    assert run.returncode == 0 and "'ih'" in run.stdout
+    assert "invalid" in run.stdout and "forbidden_import" in run.stdout and "isolation:" in run.stdout
 
     run = _botlab("sandbox", "check", str(tmp_path / "missing.py"), "--input", "1")
     assert run.returncode == 2 and "cannot read PROGRAM" in run.stderr and "Traceback" not in run.stderr
