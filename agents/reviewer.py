@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from botlab.agents.prompts import load_prompts
 from botlab.agents.review_agent import LLMReview
 from botlab.agents.review_rules import safety_flags, trivial_reason
-from botlab.agents.similarity import SimilarityIndex, fingerprint
+from botlab.agents.similarity import Pool, SimilarityIndex, fingerprint
 from botlab.config import ReviewerConfig, TaskType
 from botlab.tasks import Triplet
 
@@ -46,7 +46,6 @@ class Reviewer:
         self.goal = goal.strip()
         self.patterns: dict[str, str] = load_prompts("reviewer")["safety_patterns"]
         self.index = SimilarityIndex()
-        self._fingerprints: dict[str, str] = {}
         self.llm = LLMReview(model, executor, self.goal) if cfg.llm and model is not None else None
 
     def review(
@@ -56,11 +55,10 @@ class Reviewer:
         if not self.cfg.enabled:
             return [Verdict(True, None, "reviewer disabled") for _ in candidates]
         pool = self.index.pool(buffer_programs)
-        pool_fingerprints = {self._fingerprint(p): i for i, p in enumerate(buffer_programs)}
         admitted: list[str] = []  # programs of this batch admitted so far
         verdicts = []
         for candidate in candidates:
-            verdict = self._rules(task_type, candidate, pool, pool_fingerprints, admitted)
+            verdict = self._rules(task_type, candidate, pool, admitted)
             if verdict.admit:
                 admitted.append(candidate.program)
             verdicts.append(verdict)
@@ -71,11 +69,11 @@ class Reviewer:
                     verdicts[i] = self._llm_pass(task_type, candidate, pool, all_rules, verdicts[i])
         return verdicts
 
-    def _rules(self, task_type, candidate: Triplet, pool, pool_fingerprints, admitted: list[str]) -> Verdict:
+    def _rules(self, task_type, candidate: Triplet, pool: Pool, admitted: list[str]) -> Verdict:
         flags = safety_flags(candidate, self.patterns)
         if flags:
             return Verdict(False, "safety", "red flags: " + ", ".join(flags))
-        duplicate = self._duplicate(candidate.program, pool, pool_fingerprints, admitted)
+        duplicate = self._duplicate(candidate.program, pool, admitted)
         if duplicate:
             return duplicate
         trivial = trivial_reason(task_type, candidate)
@@ -83,15 +81,13 @@ class Reviewer:
             return Verdict(False, *trivial)
         return Verdict(True, None, self._admit_note())
 
-    def _duplicate(self, program: str, pool, pool_fingerprints: dict[str, int], admitted: list[str]) -> Verdict | None:
-        mark = self._fingerprint(program)
-        if mark in pool_fingerprints:
-            return Verdict(False, "exact_duplicate", f"same program as buffered program #{pool_fingerprints[mark]}")
-        for j, other in enumerate(admitted):
-            if self._fingerprint(other) == mark:
-                return Verdict(False, "exact_duplicate", f"same program as admitted candidate #{j} of this batch")
+    def _duplicate(self, program: str, pool: Pool, admitted: list[str]) -> Verdict | None:
+        mark = self.index.features(program).fingerprint
         threshold = self.cfg.near_duplicate_threshold
         batch = self.index.pool(admitted)
+        for where, searched in (("buffered program", pool), ("admitted candidate of this batch", batch)):
+            if mark in searched.fingerprints:
+                return Verdict(False, "exact_duplicate", f"same program as {where} #{searched.fingerprints[mark]}")
         for where, searched in (("buffered program", pool), ("admitted candidate of this batch", batch)):
             nearest = searched.nearest(program, k=1, min_score=threshold)
             if nearest:
@@ -114,11 +110,3 @@ class Reviewer:
         if self.goal and self.llm is None:
             return "rules passed; goal relevance not judged (rules cannot; it needs reviewer.llm and a model)"
         return "rules passed"
-
-    def _fingerprint(self, program: str) -> str:
-        mark = self._fingerprints.get(program)
-        if mark is None:
-            if len(self._fingerprints) >= 100_000:
-                self._fingerprints.clear()
-            mark = self._fingerprints[program] = fingerprint(program)
-        return mark

@@ -10,7 +10,8 @@
   the `shortlist` most overlapping programs (one numpy comparison against all) and only those get the exact ratio.
   It is a search heuristic: a program that is near by difflib's ratio but shares few 4-grams can be missed. Measured
   on 16k near-identical generated programs: every planted copy (changed constant, renamed variable, added or swapped
-  line; ratio >= 0.9) was found, at about 10 ms per candidate; features cost about 0.5 ms per new program (cached).
+  line; ratio >= 0.9) was found, at 10-15 ms per candidate; features cost 1-3 ms per new program, once (cached), so a process that starts
+  with a full 16k buffer spends 20-40 s on its first review.
 
 Nothing here runs the programs; `ast` only reads them.
 """
@@ -22,6 +23,8 @@ import builtins
 import difflib
 import hashlib
 import zlib
+from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -31,6 +34,7 @@ _PERMUTATIONS = 64
 # Hash family (a*x + b) mod 2**64 with odd a: a bijection, so each row is a permutation for MinHash.
 # Fixed seed: verdicts must not change between runs.
 _rng = np.random.default_rng(20240501)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 _A = _rng.integers(0, 2**63, size=_PERMUTATIONS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 _B = _rng.integers(0, 2**63, size=_PERMUTATIONS, dtype=np.uint64)
 
@@ -53,14 +57,20 @@ def _is_docstring(node: ast.AST) -> bool:
 
 def fingerprint(program: str) -> str:
     """A short hex digest, equal for programs that differ only in comments, docstrings and formatting."""
-    tree = _parse(program)
+    return _fingerprint(program, _parse(program))
+
+
+def _fingerprint(program: str, tree: ast.Module | None) -> str:
     text = ast.dump(tree, include_attributes=False) if tree else "raw:" + " ".join(program.split())
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def canonical_tokens(program: str) -> tuple[str, ...]:
     """The AST in pre-order: node types, with local names as placeholders and constants/attributes as written."""
-    tree = _parse(program)
+    return _tokens(program, _parse(program))
+
+
+def _tokens(program: str, tree: ast.Module | None) -> tuple[str, ...]:
     if tree is None:
         return tuple(program.split())
     out: list[str] = []
@@ -100,26 +110,42 @@ def similarity(a: str, b: str) -> float:
 
 
 def _signature(tokens: tuple[str, ...]) -> np.ndarray:
-    grams = {" ".join(tokens[i : i + _SHINGLE]) for i in range(max(1, len(tokens) - _SHINGLE + 1))}
-    hashes = np.array([zlib.crc32(g.encode()) for g in grams], dtype=np.uint64)
-    return (np.outer(_A, hashes) + _B[:, None]).min(axis=1)  # wraps mod 2**64 by design
+    """MinHash of the token 4-grams. Token hashes are crc32 (stable across processes, unlike hash())."""
+    ids = np.array([_token_hash(t) for t in tokens] or [0], dtype=np.uint64)
+    grams = ids[: max(1, len(ids) - _SHINGLE + 1)].copy()
+    for k in range(1, min(_SHINGLE, len(ids))):  # polynomial rolling combination of each window, wrapping
+        grams = grams * _MIX + ids[k : k + len(grams)]
+    return (np.outer(_A, grams) + _B[:, None]).min(axis=1)  # wraps mod 2**64 by design
+
+
+@cache
+def _token_hash(token: str) -> int:
+    return zlib.crc32(token.encode())
+
+
+@dataclass(frozen=True)
+class Features:
+    fingerprint: str
+    tokens: tuple[str, ...]
+    signature: np.ndarray
 
 
 class SimilarityIndex:
-    """Canonical tokens and signatures per program text, cached across calls (buffers change a little per step)."""
+    """Features per program text, from one parse, cached across calls (buffers change a little per step)."""
 
     def __init__(self, shortlist: int = 16, max_cached: int = 100_000):
         self.shortlist = shortlist
         self.max_cached = max_cached
-        self._cache: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+        self._cache: dict[str, Features] = {}
 
-    def features(self, program: str) -> tuple[tuple[str, ...], np.ndarray]:
+    def features(self, program: str) -> Features:
         hit = self._cache.get(program)
         if hit is None:
             if len(self._cache) >= self.max_cached:
                 self._cache.clear()
-            tokens = canonical_tokens(program)
-            hit = self._cache[program] = (tokens, _signature(tokens))
+            tree = _parse(program)
+            tokens = _tokens(program, tree)
+            hit = self._cache[program] = Features(_fingerprint(program, tree), tokens, _signature(tokens))
         return hit
 
     def pool(self, programs: list[str]) -> "Pool":
@@ -132,14 +158,17 @@ class Pool:
         self.index = index
         self.programs = programs
         features = [index.features(p) for p in programs]
-        self.tokens = [t for t, _ in features]
-        self.signatures = np.stack([s for _, s in features]) if features else np.empty((0, _PERMUTATIONS), np.uint64)
+        self.fingerprints = {f.fingerprint: i for i, f in reversed(list(enumerate(features)))}  # first occurrence
+        self.tokens = [f.tokens for f in features]
+        empty = np.empty((0, _PERMUTATIONS), np.uint64)
+        self.signatures = np.stack([f.signature for f in features]) if features else empty
 
     def nearest(self, program: str, k: int | None = None, min_score: float = 0.0) -> list[tuple[float, int]]:
         """(similarity, index into the pool) of the most similar programs scoring at least `min_score`, best first."""
         if not self.programs:
             return []
-        tokens, signature = self.index.features(program)
+        mine = self.index.features(program)
+        tokens, signature = mine.tokens, mine.signature
         if len(self.programs) > self.index.shortlist:
             overlap = (self.signatures == signature).sum(axis=1)
             order = [int(i) for i in np.argsort(-overlap, kind="stable")[: self.index.shortlist]]
