@@ -222,6 +222,12 @@ class ExecutorConfig(Strict):
         return v
 
 
+class ObservabilityConfig(Strict):
+    wandb_project: str | None = Field(
+        None, description="also log metrics to this Weights & Biases project (needs `pip install wandb`)"
+    )
+
+
 class SchedulesConfig(Strict):
     digest_every: str | float = Field("6h", description="how often the reporter sends a digest; 0 = never")
     feedback_poll_every: str | float = Field("60s", description="how often mail/Nostr are checked for replies")
@@ -306,13 +312,17 @@ class TeamConfig(Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
     notifiers: NotifiersConfig = Field(default_factory=NotifiersConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     # Set by the loader, not by the file: the team file's path, for relative paths.
     _source: Path | None = PrivateAttr(None)
 
+    def resolve_path(self, path: Path) -> Path:
+        """Paths in the file are relative to the file."""
+        if not path.is_absolute() and self._source is not None:
+            path = self._source.parent / path
+        return path.resolve()
+
     @property
     def run_dir(self) -> Path:
-        base = self.storage_dir
-        if not base.is_absolute() and self._source is not None:
-            base = self._source.parent / base
-        return (base / self.name).resolve()
+        return self.resolve_path(self.storage_dir) / self.name

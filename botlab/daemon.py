@@ -19,6 +19,7 @@ from pathlib import Path
 
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
+from botlab.observability import MetricsSink
 from botlab.progress import RunProgress
 from botlab.status import LOCK_NAME
 from botlab.store import Store, StoreError, open_store
@@ -185,6 +186,7 @@ class Daemon:
                                  reviewer_model=policy_model if team.roles.reviewer.llm else None)
         self.reporter = Reporter(team, self.store, model=policy_model)
         side.call(self.reporter.start(), timeout=60)
+        self.metrics = MetricsSink(team.run_dir, team.name, team.observability.wandb_project)
 
     def _policy_model(self):
         from botlab.agents.policy_model import PolicyModel
@@ -225,12 +227,34 @@ class Daemon:
 
             self.selfplay.commit(report, started, extra_writes=extra)
             prune_resume_states(team.run_dir, keep=state)
+            self.metrics.write(step, report.metrics)
             self.progress.step_done(step, last, report.summary, report.timings)
+            self._evaluate_if_due(step, side)
             self._tick(side)
         if self.steps:
             self._phase(side, "end", "final digest")
             side.call(self.reporter.send_digest("run finished"), timeout=600)
         return EXIT_OK
+
+    def _evaluate_if_due(self, step: int, side: SideLoop) -> None:
+        """The periodic held-out evaluation, on the in-process engine; a bad eval setting never stops training."""
+        from botlab.evaluation import EvalError, evaluate, load_problems, record
+
+        every = self.team.schedules.eval_every_steps
+        if not every or step % every:
+            return
+        schedules = self.team.schedules
+        self._phase(side, f"step {step}", f"eval {schedules.eval_suite}")
+        try:
+            data = self.team.resolve_path(schedules.eval_data) if schedules.eval_data else None
+            problems = load_problems(schedules.eval_suite, data, schedules.eval_limit)
+        except EvalError as err:
+            self.store.log_event("error", f"periodic eval skipped: {err}", level="error")
+            return
+        result = evaluate(self.engine, self.executor, self.team, schedules.eval_suite, problems)
+        record(self.store, result)
+        self.metrics.write(step, {f"eval/{result.suite}": result.score})
+        self.progress.note(f"eval {result.suite} at step {step}: pass@1 {result.score:.3f} ± {result.ci95:.3f}")
 
     def _seed(self, side: SideLoop) -> None:
         """Gather the seed set with the untrained policy, as AZR does, in bounded rounds."""
@@ -282,7 +306,7 @@ class Daemon:
                 side.call(self.reporter.stop(), timeout=30)
             except Exception as err:
                 log.warning("reporter shutdown: %s", err)
-        for part in ("executor", "engine"):
+        for part in ("executor", "engine", "metrics"):
             obj = getattr(self, part, None)
             if obj is not None:
                 obj.close()

@@ -126,7 +126,7 @@ def _check(suite: str, solver: Solver, executor: Executor, problem: dict, texts:
 
 def _humaneval_program(problem: dict, text: str) -> str:
     """The model's function plus the problem's tests, wrapped so that `f()` returns True only if they pass."""
-    codes = [b.text for b in split_blocks(text) if b.kind in ("python", "")]
+    codes = [b.text for b in split_blocks(text).blocks if b.kind in ("python", "")]
     code = codes[-1] if codes else text
     if f"def {problem['entry_point']}" not in code:
         code = problem["prompt"] + code
@@ -145,18 +145,13 @@ def latest_model_dir(team: TeamConfig) -> Path:
     return checkpoints[-1] if checkpoints else resolve_model(team.model.name)
 
 
-def record(team: TeamConfig, result: EvalResult) -> None:
-    """Store the result in the run's database (metrics eval/<suite> and kv last_eval), if the run exists."""
-    from botlab.store import open_store
-
-    if not (team.run_dir / "botlab.sqlite").exists():
-        return
-    with open_store(team.run_dir) as store:
-        step = store.last_step()
-        with store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
-                       (step, f"eval/{result.suite}", result.score, time.time()))
-        store.put("last_eval", result.as_dict() | {"step": step, "at": time.time()})
+def record(store, result: EvalResult) -> None:
+    """Store a result: metric eval/<suite> at the current step, and kv last_eval for status and digests."""
+    step = store.last_step()
+    with store.transaction() as db:
+        db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
+                   (step, f"eval/{result.suite}", result.score, time.time()))
+    store.put("last_eval", result.as_dict() | {"step": step, "at": time.time()})
 
 
 def run_eval_command(team: TeamConfig, suite: str, data: Path | None, limit: int | None, as_json: bool,
@@ -178,7 +173,11 @@ def run_eval_command(team: TeamConfig, suite: str, data: Path | None, limit: int
             result = evaluate(engine, executor, team, suite, problems)
     finally:
         engine.close()
-    record(team, result)
+    if (team.run_dir / "botlab.sqlite").exists():
+        from botlab.store import open_store
+
+        with open_store(team.run_dir) as store:
+            record(store, result)
     if as_json:
         print(json.dumps(result.as_dict() | {"model": str(model_dir), "engine": engine.name}))
     else:
