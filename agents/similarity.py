@@ -10,8 +10,8 @@
   the `shortlist` most overlapping programs (one numpy comparison against all) and only those get the exact ratio.
   It is a search heuristic: a program that is near by difflib's ratio but shares few 4-grams can be missed. Measured
   on 16k near-identical generated programs: every planted copy (changed constant, renamed variable, added or swapped
-  line; ratio >= 0.9) was found, at 10-15 ms per candidate; features cost 1-3 ms per new program, once (cached), so a process that starts
-  with a full 16k buffer spends 20-40 s on its first review.
+  line; ratio >= 0.9) was found, at 10-15 ms per candidate. Features cost 1-3 ms per new program, once (cached),
+  so a process that starts with a full 16k buffer spends 20-40 s on its first review.
 
 Nothing here runs the programs; `ast` only reads them.
 """
