@@ -7,7 +7,7 @@ hidden tests); the answer is a program, one ```python block whose entry function
 
 Parsing rules (see agents/blocks.py for the block format and why <think> is optional): the answer is the LAST
 complete block of the expected kind (an untagged block counts: as code when it has a top-level def, else as the
-expected value/arguments). Last, because a solver may draft and correct itself; the final block is its answer.
+expected value/arguments; a ```python block without a def also counts as the value/arguments). Last, because a solver may draft and correct itself; the final block is its answer.
 Deduction answers and abduction arguments must be values written out (agents.blocks.is_value): the sandbox
 evaluates them, and an expression would let it do the solver's work ("answer_not_a_value").
 Every failure has a machine-readable `reason`.
@@ -72,11 +72,7 @@ class Solver:
         blocks = split_blocks(region)
         kind, missing = ANSWER_KIND[task_type]
         wants_code = kind == "python"
-        candidates = [
-            b.text
-            for b in blocks.blocks
-            if b.kind == kind or (b.kind == "" and defines_function(b.text) == wants_code)
-        ]
+        candidates = [b.text for b in blocks.blocks if b.kind == kind or _counts_as(b, wants_code)]
         if not candidates:
             if blocks.unclosed:
                 return AnswerParse(reason="unclosed_block", detail=f"no complete ```{kind} block (one was left open)")
@@ -94,6 +90,14 @@ class Solver:
             reason = "answer_syntax_error" if problem[0] == "syntax" else "answer_not_a_value"
             return AnswerParse(reason=reason, detail=problem[1])
         return AnswerParse(answer=answer)
+
+
+def _counts_as(block, wants_code: bool) -> bool:
+    """An untagged block is code if it defines a function, else a value. A ```python block without a def is taken
+    as a value too: small models put everything in python blocks, and the value check still applies."""
+    if block.kind == "":
+        return defines_function(block.text) == wants_code
+    return block.kind == "python" and not wants_code and not defines_function(block.text)
 
 
 def _check_task(task_type: str, task: Triplet) -> None:

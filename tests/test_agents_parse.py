@@ -87,6 +87,19 @@ def test_proposal_untagged_blocks_and_scaffolding(proposer):
     assert parsed.inputs == ["2"]
 
 
+def test_proposal_with_forgotten_closing_fence_and_indented_blocks(proposer):
+    text = "1. The code:\n   ```python\n   def f(n):\n       return n % 7\n   ```input\n   12\n   ```"
+    parsed = proposer.parse("deduction", text)
+    assert parsed.ok, parsed
+    assert (parsed.program, parsed.inputs) == ("def f(n):\n    return n % 7", ["12"])
+
+
+def test_proposal_drops_calls_of_the_entry_but_keeps_globals(proposer):
+    code = "TABLE = {1: 'a'}\n\ndef look(k):\n    return TABLE.get(k, '?')\n\nresult = look(5)\nprint(result)"
+    parsed = proposer.parse("deduction", fenced("python", code) + "\n" + fenced("input", "1"))
+    assert parsed.program == "TABLE = {1: 'a'}\n\ndef f(k):\n    return TABLE.get(k, '?')"
+
+
 def test_proposal_keeps_helpers_beside_f(proposer):
     program = "def helper(x):\n    return x * 2\n\ndef f(xs):\n    return [helper(x) for x in xs]"
     parsed = proposer.parse("deduction", fenced("python", program) + "\n" + fenced("input", "[1, 2]"))
@@ -199,6 +212,14 @@ def test_solver_deduction_accepts_every_canonical_value_form(solver, value):
 
 def test_solver_abduction_accepts_keyword_and_positional_values(solver):
     assert solver.parse("abduction", "```input\n[1, 2], k=-1\n```").answer == "[1, 2], k=-1"
+
+
+def test_solver_value_in_a_python_block_counts(solver):
+    assert solver.parse("deduction", "```python\n'cbaa'\n```").answer == "'cbaa'"
+    assert solver.parse("abduction", "```python\n'abc', 2\n```").answer == "'abc', 2"
+    code = "```python\ndef f(s):\n    return s\n```"
+    assert solver.parse("deduction", code).reason == "no_output_block"  # code is not a value
+    assert solver.parse("deduction", "```python\nx = f('abc')\nprint(x)\n```").reason == "answer_syntax_error"
 
 
 def test_solver_abduction_and_induction(solver):
