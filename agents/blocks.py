@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import io
 import re
+import textwrap
 import tokenize
 from dataclasses import dataclass
 
@@ -69,8 +70,10 @@ def answer_region(text: str) -> tuple[str, str | None]:
 
 
 def split_blocks(text: str) -> Blocks:
-    """Fenced blocks in order of appearance. A fence is a line starting with ``` (indentation allowed);
-    a closing fence may also end the last content line ("5```"), which small models often write."""
+    """Fenced blocks in order of appearance. A fence is a line starting with ``` (indentation allowed).
+    Tolerated, as small models write them: a closing fence at the end of the last content line ("5```"), and a
+    tagged fence inside a block ("```input" right after the code, the closing fence forgotten), which closes the
+    block and opens the next."""
     blocks: list[Block] = []
     kind: str | None = None
     lines: list[str] = []
@@ -82,7 +85,8 @@ def split_blocks(text: str) -> Blocks:
             continue
         if stripped.startswith(_FENCE):
             blocks.append(Block(kind, _clean(lines)))
-            kind = None
+            tag = stripped[len(_FENCE) :].strip()
+            kind, lines = (normalise_tag(tag), []) if tag else (None, [])
         elif stripped.endswith(_FENCE):
             lines.append(line.rstrip()[: -len(_FENCE)])
             blocks.append(Block(kind, _clean(lines)))
@@ -93,7 +97,8 @@ def split_blocks(text: str) -> Blocks:
 
 
 def _clean(lines: list[str]) -> str:
-    return "\n".join(line.rstrip() for line in lines).strip("\n")
+    """Content without trailing spaces, surrounding blank lines, or an indentation shared by all lines."""
+    return textwrap.dedent("\n".join(line.rstrip() for line in lines)).strip("\n")
 
 
 def defines_function(text: str) -> bool:
@@ -129,33 +134,40 @@ def entry_program(code: str) -> str:
     - A top-level `f` is the entry, whatever helpers sit beside it.
     - Otherwise a single top-level function is renamed to f (its own recursive calls included).
     - Several top-level functions and none named f: the entry is ambiguous ("multiple_functions").
-    - Top-level test scaffolding the model often appends (`print(f(3))`, `assert ...`, an
-      `if __name__ == "__main__":` block) is dropped: the sandbox would reject the print, and the call is not the task.
+    - Top-level test scaffolding the model often appends (`print(f(3))`, `assert ...`, `result = f(5)`, an
+      `if __name__ == "__main__":` block) is dropped: it is not the task, and the sandbox runs module-level code.
     """
     tree = parse_module(code)
     functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     if not functions:
         raise CodeProblem("no_function", "the program defines no top-level function")
-    code = _drop_scaffolding(code, tree)
     if any(fn.name == "f" for fn in functions):
-        return code
+        return _drop_scaffolding(code, tree, "f")
     if len(functions) > 1:
         names = ", ".join(fn.name for fn in functions)
         raise CodeProblem("multiple_functions", f"several top-level functions ({names}) and none named f")
-    return rename(code, functions[0].name, "f")
+    entry = functions[0].name
+    return rename(_drop_scaffolding(code, tree, entry), entry, "f")
 
 
-def _drop_scaffolding(code: str, tree: ast.Module) -> str:
+def _drop_scaffolding(code: str, tree: ast.Module, entry: str) -> str:
     drop: set[int] = set()
     for i, node in enumerate(tree.body):
         docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
         main_guard = isinstance(node, ast.If) and "__name__" in ast.dump(node.test)
-        if (isinstance(node, (ast.Expr, ast.Assert)) and not docstring) or main_guard:
+        calls_entry = isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and _calls(node, entry)
+        if (isinstance(node, (ast.Expr, ast.Assert)) and not docstring) or main_guard or calls_entry:
             drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     if not drop:
         return code
     kept = [line for n, line in enumerate(code.splitlines(), start=1) if n not in drop]
     return "\n".join(kept).rstrip()
+
+
+def _calls(node: ast.AST, name: str) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node)
+    )
 
 
 def rename(code: str, old: str, new: str) -> str:
