@@ -1,4 +1,4 @@
-"""Both rollout engines pass the same interface tests on the real builtin model (one engine of each kind per session)."""
+"""Both rollout engines pass the same interface tests on the real builtin model, one engine of each kind per session."""
 
 from __future__ import annotations
 

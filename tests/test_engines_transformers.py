@@ -17,7 +17,7 @@ def test_generation_leaves_the_learners_modes_and_gradients_alone(transformers_e
     sampling = Sampling(temperature=1.0, max_tokens=4, seed=0)
     modes = {name: m.training for name, m in engine_learner.named_modules()}
     try:
-        for set_modes in (lambda: engine_learner.train(), lambda: engine_learner.eval(), lambda: _mixed(engine_learner)):
+        for set_modes in (engine_learner.train, engine_learner.eval, lambda: _mixed(engine_learner)):
             set_modes()
             wanted = {name: m.training for name, m in engine_learner.named_modules()}
             transformers_engine.generate([prompt], sampling)
@@ -49,7 +49,8 @@ def test_own_module_takes_the_learners_weights(builtin_model_dir, engine_learner
     s = Sampling(temperature=0.7, max_tokens=12, seed=5)
     with perturbed(engine_learner, engine, scale=0.05):
         (c,), = engine.generate([prompt], s)
-        assert torch.allclose(torch.tensor(c.logprobs), teacher_logprobs(engine_learner, prompt, c.token_ids, 0.7), atol=1e-3)
+        reference = teacher_logprobs(engine_learner, prompt, c.token_ids, 0.7)
+        assert torch.allclose(torch.tensor(c.logprobs), reference, atol=1e-3)
     # Exiting restored the original weights in the engine: it scores those tokens as the original learner does.
     (again,), = engine.generate([prompt], Sampling(temperature=0.7, max_tokens=12, seed=5))
     reference = teacher_logprobs(engine_learner, prompt, again.token_ids, 0.7)

@@ -16,9 +16,13 @@ log = logging.getLogger(__name__)
 def create_engine(
     model_cfg: ModelConfig, model_dir: Path, learner_model: torch.nn.Module | None = None
 ) -> tuple[Engine, str]:
-    """The engine for `model_cfg.engine`, and one line saying which engine it is and why it was chosen."""
+    """The engine for `model_cfg.engine`, and one line saying which engine it is and why it was chosen.
+
+    The transformers engine generates with `learner_model` itself when given (else loads `model_dir`); the vLLM
+    engine always loads `model_dir`, so push a learner that differs from it with `engine.load_weights`.
+    """
     choice = model_cfg.engine
-    vllm_version, import_error = _vllm_import()
+    vllm_version, import_error = _vllm_import() if choice != "transformers" else (None, None)
     if choice == "vllm" and import_error:
         raise EngineError(
             f"model.engine is 'vllm' but `import vllm` fails ({import_error}); install it (scripts/setup.sh, or "

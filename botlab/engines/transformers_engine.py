@@ -105,7 +105,7 @@ class TransformersEngine(Engine):
             if token in self.eos_ids:
                 end, reason = k + 1, "stop"
                 break
-        text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        text = self._decode(tokens[:end])
         hit = _first_stop(text, params.stop)
         if hit is not None:
             # Keep tokens up to the one that completed the stop string; the text ends before it.
@@ -125,7 +125,8 @@ class TransformersEngine(Engine):
                 if target is None:
                     raise ValueError(f"load_weights: the model has no parameter named {name!r}")
                 if target.shape != tensor.shape:
-                    raise ValueError(f"load_weights: {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+                    shape, expected = tuple(tensor.shape), tuple(target.shape)
+                    raise ValueError(f"load_weights: {name} has shape {shape}, expected {expected}")
                 if target.data_ptr() != tensor.data_ptr():  # the learner's own tensor: nothing to copy
                     target.copy_(tensor)
 

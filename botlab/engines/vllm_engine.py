@@ -65,6 +65,7 @@ class VLLMEngine(Engine):
         self.expected_shapes = _checkpoint_shapes(model_dir)
         self.tied_head = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self.sleeping = False
+        self.tensor_parallel_size = cfg.tensor_parallel_size
         tokenizer = load_tokenizer(model_dir)
         super().__init__(tokenizer, cfg.max_model_len, self.llm.llm_engine.model_config.get_vocab_size())
 
@@ -95,6 +96,9 @@ class VLLMEngine(Engine):
     def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.sleeping:
             raise EngineError("the vLLM engine is asleep: call wake_up() before load_weights()")
+        if self.tensor_parallel_size > 1:
+            # The workers are other processes then: a weights iterator cannot reach them (needs weight transfer).
+            raise EngineError("load_weights with model.tensor_parallel_size > 1 is not supported yet")
         named = list(named_tensors)
         self._check_names(named)
         try:
