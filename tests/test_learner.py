@@ -95,3 +95,16 @@ def test_checkpoints_are_pruned(tiny_dir, tmp_path):
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, learner, NoTokenizer(), state, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+
+
+def test_left_padded_tail_scores_match_unpadded_sequences(tiny_dir):
+    learner = Learner(tiny_dir, ModelConfig(), TrainConfig(bf16_autocast=False))
+    short = Rollout([1, 2], [10, 11], [0.0, 0.0], 1.0, 1.0)
+    long = Rollout([3, 4, 5, 6, 7], [20, 21, 22, 23], [0.0] * 4, 1.0, 1.0)
+    batch = learner._pack([short, long])
+    with torch.no_grad():
+        packed, _ = token_logprobs(learner._tail_logits(learner.model, batch), batch.targets, 1.0)
+    for row, r in enumerate([short, long]):
+        expected = completion_logprob(learner, r)
+        got = float((packed[row] * batch.mask[row]).sum())
+        assert got == pytest.approx(expected, abs=1e-4)

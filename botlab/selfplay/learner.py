@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Batch:
+    ids: torch.Tensor  # (B, L) left-padded prompt + completion
+    attention: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor  # (B, tail) the last `tail` tokens of each row
+    mask: torch.Tensor  # (B, tail) 1 on completion tokens
+    old: torch.Tensor  # (B, tail) sampling-time log-probs of those tokens
+    tail: int
+
+
+@dataclass
 class Rollout:
     """One trained sequence: the prompt, what the policy sampled, with the sampling-time log-probs."""
 
@@ -90,21 +101,25 @@ class Learner:
         return totals | {"grad_norm": float(grad_norm), "trained_sequences": len(rollouts), "trained_tokens": total_tokens}
 
     def _accumulate(self, chunk: list[Rollout], total_tokens: int) -> dict[str, float]:
-        input_ids, attention, targets_mask, old = self._pack(chunk)
-        with self._autocast():
-            logits = self.model(input_ids=input_ids, attention_mask=attention).logits
-        # Position t predicts token t+1: score every completion token under the policy being trained.
-        logits, targets, mask, old = logits[:, :-1], input_ids[:, 1:], targets_mask[:, 1:], old[:, 1:]
+        batch = self._pack(chunk)
+        # Sequences are left-padded so every completion ends at the last position: the vocabulary projection
+        # (the biggest tensor by far with a 49k-152k vocabulary) is computed for the completion tail only.
+        logits = self._tail_logits(self.model, batch)
         temperature = chunk[0].temperature
-        new_logprobs, entropy = token_logprobs(logits, targets, temperature)
+        with_entropy = self.cfg.entropy_coef > 0
+        new_logprobs, entropy = token_logprobs(logits, batch.targets, temperature, with_entropy=with_entropy)
+        mask = batch.mask
         advantages = torch.tensor([r.advantage for r in chunk], device=self.device)
         clip_high = self.cfg.clip_eps_high or self.cfg.clip_eps
-        policy_loss, stats = clipped_policy_loss(new_logprobs, old, advantages, mask, self.cfg.clip_eps, clip_high)
-        entropy_sum = (entropy * mask).sum()
-        loss = policy_loss - self.cfg.entropy_coef * entropy_sum
+        policy_loss, stats = clipped_policy_loss(new_logprobs, batch.old, advantages, mask, self.cfg.clip_eps, clip_high)
+        loss = policy_loss
+        entropy_sum = torch.zeros((), device=self.device)
+        if with_entropy:
+            entropy_sum = (entropy * mask).sum()
+            loss = loss - self.cfg.entropy_coef * entropy_sum
         kl_sum = torch.zeros((), device=self.device)
         if self.cfg.kl_coef > 0:
-            kl_sum = self._kl(input_ids, attention, targets, mask, new_logprobs, temperature)
+            kl_sum = self._kl(batch, new_logprobs, temperature)
             loss = loss + self.cfg.kl_coef * kl_sum
         self.accelerator.backward(loss / total_tokens)
         return {
@@ -114,32 +129,45 @@ class Learner:
             **stats,
         }
 
-    def _kl(self, input_ids, attention, targets, mask, new_logprobs, temperature) -> torch.Tensor:
+    def _tail_logits(self, model, batch: "_Batch") -> torch.Tensor:
+        """Logits that predict the last `tail` tokens of every (left-padded) row."""
+        with self._autocast():
+            logits = model(input_ids=batch.ids, attention_mask=batch.attention, position_ids=batch.positions,
+                           logits_to_keep=batch.tail + 1).logits
+        return logits[:, :-1]  # the last position predicts past the end
+
+    def _kl(self, batch: "_Batch", new_logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
         """k3 estimate of KL(policy || initial policy), summed over the masked tokens."""
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             if self.reference is not None:
-                ref_logits = self.reference(input_ids=input_ids, attention_mask=attention).logits
+                ref_logits = self._tail_logits(self.reference, batch)
             else:
                 with self.accelerator.unwrap_model(self.model).disable_adapter():
-                    ref_logits = self.model(input_ids=input_ids, attention_mask=attention).logits
-        ref_logprobs, _ = token_logprobs(ref_logits[:, :-1], targets, temperature)
+                    ref_logits = self._tail_logits(self.model, batch)
+        ref_logprobs, _ = token_logprobs(ref_logits, batch.targets, temperature, with_entropy=False)
         delta = ref_logprobs - new_logprobs
-        return ((torch.exp(delta) - delta - 1) * mask).sum()
+        return ((torch.exp(delta) - delta - 1) * batch.mask).sum()
 
-    def _pack(self, chunk: list[Rollout]):
-        """Right-padded ids, attention mask, completion-token mask and old log-probs aligned to the ids."""
+    def _pack(self, chunk: list[Rollout]) -> "_Batch":
+        """Left-padded ids with positions counted from each row's first real token; the completion tail aligned."""
         width = max(len(r.prompt_ids) + len(r.completion_ids) for r in chunk)
+        tail = max(len(r.completion_ids) for r in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         attention = torch.zeros_like(ids)
-        completion = torch.zeros((len(chunk), width))
-        old = torch.zeros((len(chunk), width))
+        mask = torch.zeros((len(chunk), tail))
+        old = torch.zeros((len(chunk), tail))
         for row, r in enumerate(chunk):
-            p, c = len(r.prompt_ids), len(r.completion_ids)
-            ids[row, :p + c] = torch.tensor(r.prompt_ids + r.completion_ids)
-            attention[row, :p + c] = 1
-            completion[row, p:p + c] = 1
-            old[row, p:p + c] = torch.tensor(r.old_logprobs[:c] + [0.0] * (c - len(r.old_logprobs[:c])))
-        return ids.to(self.device), attention.to(self.device), completion.to(self.device), old.to(self.device)
+            seq = r.prompt_ids + r.completion_ids
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            attention[row, width - len(seq):] = 1
+            c = len(r.completion_ids)
+            mask[row, tail - c:] = 1
+            logprobs = (r.old_logprobs + [0.0] * c)[:c]
+            old[row, tail - c:] = torch.tensor(logprobs)
+        positions = (attention.cumsum(1) - 1).clamp(min=0)
+        to = self.device
+        return _Batch(ids.to(to), attention.to(to), positions.to(to), ids[:, width - tail:].to(to), mask.to(to),
+                      old.to(to), tail)
 
     def _autocast(self):
         if self.cfg.bf16_autocast:

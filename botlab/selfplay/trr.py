@@ -54,12 +54,13 @@ def clipped_policy_loss(
     return loss, stats
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of `targets` under logits/temperature, and the entropy of each position's distribution."""
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of `targets` under logits/temperature, and (if asked) each position's entropy."""
     logits = logits.float()
     if temperature > 0:  # greedy rollouts (temperature 0) are scored on the raw distribution
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)
     chosen = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
+    entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None
     return chosen, entropy
