@@ -51,6 +51,11 @@ def _fail(reason: str, detail: str) -> ProposalParse:
     return ProposalParse(reason=reason, detail=detail)
 
 
+# Opening of the answer, used when the team primes answers (roles.proposer.prime_answer): the reply starts
+# inside the first block, so a small model is in format from its first token.
+ANSWER_PREFIX = {"deduction": "```python\ndef f(", "abduction": "```python\ndef f(", "induction": "```input\n"}
+
+
 class Proposer:
     def __init__(self, selfplay_cfg: SelfPlayConfig, goal: str = ""):
         self.cfg = selfplay_cfg

@@ -31,6 +31,12 @@ ANSWER_KIND: dict[str, tuple[str, str]] = {
 }
 
 
+# Opening of the answer when the team primes answers (roles.solver.prime_answer); the block's closing fence is
+# then the stop sequence, so a solver turn costs only the answer's tokens.
+ANSWER_PREFIX = {"deduction": "```output\n", "abduction": "```input\n", "induction": "```python\ndef f("}
+ANSWER_STOP = "```"
+
+
 @dataclass
 class AnswerParse:
     answer: str = ""  # deduction: a value expression; abduction: argument text; induction: a program defining f

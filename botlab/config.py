@@ -99,6 +99,10 @@ class SamplingConfig(Strict):
     temperature: float = Field(1.0, ge=0, description="1.0 as in AZR: learnability needs diverse samples")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=8, description="completion budget per turn")
+    prime_answer: bool = Field(
+        False, description="start each reply inside its answer block (```python / ```output ...): small models then "
+        "answer in format from step 1; larger models do better reasoning first"
+    )
 
 
 class ProposerConfig(SamplingConfig):

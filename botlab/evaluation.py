@@ -15,6 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from botlab.agents.blocks import split_blocks
+from botlab.agents.solver import ANSWER_PREFIX as SOLVER_PREFIX
+from botlab.agents.solver import ANSWER_STOP as SOLVER_STOP
 from botlab.agents.solver import Solver
 from botlab.config import TeamConfig
 from botlab.engines import Engine, Sampling
@@ -91,10 +93,17 @@ def evaluate(engine: Engine, executor: Executor, team: TeamConfig, suite: str, p
     else:
         task_type = "deduction" if suite == "cruxeval-o" else "abduction"
         messages = [solver.messages(task_type, _triplet(p, task_type)) for p in problems]
-    outputs = engine.generate([engine.chat_prompt_ids(m) for m in messages], sampling)
+    # Pose problems the way the team's solver is trained to answer them (primed or not).
+    prefix = ""
+    if suite != "humaneval" and team.roles.solver.prime_answer:
+        prefix = SOLVER_PREFIX[task_type]
+        sampling.stop = [SOLVER_STOP]
+    prefix_ids = engine.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+    outputs = engine.generate([engine.chat_prompt_ids(m) + prefix_ids for m in messages], sampling)
     scores = []
     for problem, completions in zip(problems, outputs):
-        correct = _check(suite, solver, executor, problem, [c.text for c in completions])
+        texts = [prefix + c.text + (SOLVER_STOP if prefix and c.finish_reason == "stop" else "") for c in completions]
+        correct = _check(suite, solver, executor, problem, texts)
         scores.append(sum(correct) / len(correct))
     n = len(scores)
     mean = sum(scores) / n

@@ -17,8 +17,8 @@ goal: "Short list functions."
 storage_dir: {storage}
 model: {{name: builtin:smollm2-135m, engine: {engine}, max_model_len: 1024}}
 roles:
-  proposer: {{max_new_tokens: 64}}
-  solver: {{max_new_tokens: 32}}
+  proposer: {{max_new_tokens: 64, prime_answer: true}}
+  solver: {{max_new_tokens: 32, prime_answer: true}}
 selfplay:
   propose_batch: 1
   solve_batch: 1

@@ -14,8 +14,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
+from botlab.agents.proposer import ANSWER_PREFIX as PROPOSER_PREFIX
 from botlab.agents.proposer import Proposer
 from botlab.agents.reviewer import Reviewer, fingerprint
+from botlab.agents.solver import ANSWER_PREFIX as SOLVER_PREFIX
+from botlab.agents.solver import ANSWER_STOP as SOLVER_STOP
 from botlab.agents.solver import Solver
 from botlab.config import TeamConfig, TaskType
 from botlab.curriculum import Curriculum, load_curriculum
@@ -46,6 +49,13 @@ class Sample:
     reward: Reward | None = None
     task: Triplet | None = None
     answer: object = None  # the solver's parsed answer, once checked
+    prefix: str = ""  # the primed opening of the reply (part of the prompt, not of the sampled tokens)
+    suffix: str = ""  # the stop string that ended the reply, cut by the engine
+
+    @property
+    def text(self) -> str:
+        """The reply as the role's parser reads it."""
+        return self.prefix + self.completion.text + self.suffix
 
 
 @dataclass
@@ -172,7 +182,7 @@ class SelfPlay:
                     "INSERT INTO samples(step, role, task_type, task_id, prompt, completion, reward, parts) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (report.step, s.role, s.task_type, s.task.id if s.task else None, s.prompt_text[-4000:],
-                     s.completion.text, s.reward.value, json.dumps(s.reward.parts, default=str)),
+                     s.text, s.reward.value, json.dumps(s.reward.parts, default=str)),
                 )
             for name, value in report.metrics.items():
                 db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
@@ -218,7 +228,7 @@ class SelfPlay:
         samples = self._generate("proposer", [(t, m) for t, m, _ in prompts], role_cfg, n=1)
         proposals = []
         for (task_type, _, program), [sample] in zip(prompts, samples):
-            parsed = self.proposer.parse(task_type, sample.completion.text, program=program and program.program)
+            parsed = self.proposer.parse(task_type, sample.text, program=program and program.program)
             proposal = Proposal(sample, parsed.ok, parsed.reason)
             if parsed.ok:
                 if task_type == "induction":
@@ -287,7 +297,7 @@ class SelfPlay:
         correct = [False] * len(samples)
         pending: dict[TaskType, list[tuple[int, object]]] = defaultdict(list)
         for i, s in enumerate(samples):
-            parsed = s.answer = self.solver.parse(s.task_type, s.completion.text)
+            parsed = s.answer = self.solver.parse(s.task_type, s.text)
             if not parsed.ok:
                 continue
             task = s.task
@@ -322,17 +332,31 @@ class SelfPlay:
     # --- helpers ----------------------------------------------------------------------------------------------------
 
     def _generate(self, role: str, prompts: list[tuple[TaskType, list[dict]]], role_cfg, n: int) -> list[list[Sample]]:
+        """One batched engine call. With prime_answer the reply starts inside the answer block (see agents/)."""
         if not prompts:
             return []
-        ids = [self.engine.chat_prompt_ids(messages) for _, messages in prompts]
+        prefixes, stop = {}, []
+        if role_cfg.prime_answer:
+            prefixes = PROPOSER_PREFIX if role == "proposer" else SOLVER_PREFIX
+            stop = [SOLVER_STOP] if role == "solver" else []
+        ids = []
+        for task_type, messages in prompts:
+            prefix = prefixes.get(task_type, "")
+            prefix_ids = self.engine.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+            ids.append(self.engine.chat_prompt_ids(messages) + prefix_ids)
         sampling = Sampling(n=n, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
-                            max_tokens=role_cfg.max_new_tokens)
+                            max_tokens=role_cfg.max_new_tokens, stop=stop)
         outputs = self.engine.generate(ids, sampling)
         groups = []
         for (task_type, messages), prompt_ids, completions in zip(prompts, ids, outputs):
             text = messages[-1]["content"]
+            prefix = prefixes.get(task_type, "")
             self.generated_tokens += sum(len(c.token_ids) for c in completions)
-            groups.append([Sample(role, task_type, prompt_ids, text, c, role_cfg.temperature) for c in completions])
+            groups.append([
+                Sample(role, task_type, prompt_ids, text, c, role_cfg.temperature, prefix=prefix,
+                       suffix=stop[0] if stop and c.finish_reason == "stop" else "")
+                for c in completions
+            ])
         return groups
 
     def _store_proposal(self, db, step: int, p: Proposal) -> None:
