@@ -66,10 +66,15 @@ class StopRequest:
 
     def __init__(self):
         self.count = 0
+        self.reload = False  # SIGHUP: re-read the team file at the next safe point
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signum, frame) -> None:
+        self.reload = True
 
     def _handle(self, signum, frame) -> None:
         self.count += 1
@@ -184,6 +189,7 @@ class Daemon:
         policy_model = self._policy_model()
         self.selfplay = SelfPlay(team, self.store, self.engine, self.executor, self.learner,
                                  reviewer_model=policy_model if team.roles.reviewer.llm else None)
+        self.reporter_model = policy_model
         self.reporter = Reporter(team, self.store, model=policy_model)
         side.call(self.reporter.start(), timeout=60)
         self.metrics = MetricsSink(team.run_dir, team.name, team.observability.wandb_project)
@@ -290,11 +296,39 @@ class Daemon:
         self._tick(side)
 
     def _tick(self, side: SideLoop) -> None:
+        if self.stop.reload:
+            self.stop.reload = False
+            self._reload(side)
         try:
             side.call(self.reporter.tick(time.time()), timeout=600)
         except Exception as err:  # a channel failure must never stop training; the outbox retries
             log.warning("reporter tick failed: %s", err)
             self.store.log_event("error", f"reporter: {type(err).__name__}: {err}", level="error")
+
+    def _reload(self, side: SideLoop) -> None:
+        """SIGHUP: take the reloadable parts of team.yaml (schedules, notifiers, reporter); refuse the rest."""
+        from botlab.notifiers.service import Reporter
+        from botlab.teamfile import TeamFileError, load_team
+
+        try:
+            new = load_team(self.team._source)
+        except TeamFileError as err:
+            self.progress.note(f"reload refused, the team file is not valid:\n{err}")
+            return
+        ignored = [k for k in ("name", "storage_dir", "model", "selfplay", "train", "executor", "goal")
+                   if getattr(new, k) != getattr(self.team, k)]
+        ignored += [f"roles.{r}" for r in ("proposer", "solver", "reviewer")
+                    if getattr(new.roles, r) != getattr(self.team.roles, r)]
+        self.team.schedules, self.team.notifiers = new.schedules, new.notifiers
+        self.team.roles.reporter = new.roles.reporter
+        side.call(self.reporter.stop(), timeout=30)
+        self.reporter = Reporter(self.team, self.store, model=self.reporter_model)
+        side.call(self.reporter.start(), timeout=60)
+        message = "reloaded schedules, notifiers and reporter from the team file"
+        if ignored:
+            message += f"; not reloadable while running (restart to apply): {', '.join(ignored)}"
+        self.store.log_event("reload", message)
+        self.progress.note(message)
 
     # --- tear-down --------------------------------------------------------------------------------------------------
 
