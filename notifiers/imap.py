@@ -107,41 +107,58 @@ async def _logout(client: aioimaplib.IMAP4) -> None:
         pass
 
 
-async def watch(account: ImapAccount, on_new_mail: Callable[[], None], max_backoff: float = 60.0) -> None:
-    """Call `on_new_mail` whenever the server announces mail (IDLE); reconnect with backoff. Runs until cancelled."""
+async def watch(account: ImapAccount, on_new_mail: Callable[[], None], stop: asyncio.Event,
+                max_backoff: float = 60.0) -> None:
+    """Call `on_new_mail` whenever the server announces mail (IDLE); reconnect with backoff; return once `stop`
+    is set. (An explicit stop, because a cancellation can be swallowed by asyncio.wait_for before Python 3.12.)"""
     backoff = 1.0
-    while True:
+    while not stop.is_set():
         lost = asyncio.Event()
+        client = None
         try:
             client = await _connect(account, conn_lost=lambda exc: lost.set())
             await _select(client)
             backoff = 1.0
             on_new_mail()  # mail may have come while we were not watching
-            while not lost.is_set():
-                if await _idle_once(client, lost):
+            while not lost.is_set() and not stop.is_set():
+                if await _idle_once(client, lost, stop):
                     on_new_mail()
-            raise ImapError("connection lost")
+            if lost.is_set():
+                raise ImapError("connection lost")
         except asyncio.CancelledError:
             raise
         except Exception as err:
             log.warning("IMAP watch of %s@%s: %s; reconnecting in %.0f s", account.username, account.host, err,
                         backoff)
-            await asyncio.sleep(backoff)
+            await _wait(stop, backoff)
             backoff = min(backoff * 2, max_backoff)
+        finally:
+            if client is not None and not lost.is_set():
+                await _logout(client)
 
 
-async def _idle_once(client: aioimaplib.IMAP4, lost: asyncio.Event) -> bool:
-    """One IDLE round until a push, the renewal time or a lost connection; True when new mail was announced."""
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def _idle_once(client: aioimaplib.IMAP4, lost: asyncio.Event, stop: asyncio.Event) -> bool:
+    """One IDLE round until a push, the renewal time, a lost connection or a stop; True when mail was announced."""
     idle = await client.idle_start(timeout=IDLE_RENEW_S)
     new_mail = False
-    while client.has_pending_idle() and not lost.is_set():
+    while client.has_pending_idle():
         push = asyncio.ensure_future(client.wait_server_push())
-        gone = asyncio.ensure_future(lost.wait())
-        done, _ = await asyncio.wait({push, gone}, return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
+        interrupted = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stop.wait())]
+        done, _ = await asyncio.wait({push, *interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in interrupted:
+            waiter.cancel()
         if push not in done:
             push.cancel()
-            return new_mail
+            if lost.is_set():
+                return new_mail
+            break  # stop: end the IDLE politely, then the caller logs out
         message = push.result()
         if message == aioimaplib.STOP_WAIT_SERVER_PUSH:
             break

@@ -19,6 +19,7 @@ from botlab.store import Store
 log = logging.getLogger(__name__)
 
 CURSOR_KEY = "email/imap_cursor"
+STOP_TIMEOUT_S = 5
 
 
 def digest_message_id(from_addr: str, digest_id: int) -> str:
@@ -52,6 +53,7 @@ class EmailChannel:
                                             ssl_context=self.tls)
         self.news = asyncio.Event()  # set by the IDLE watcher: poll now
         self._watcher: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
         self._pending_cursor: dict | None = None  # where the cursor moves once the caller stored what was read
         self._pending_uids: list[int] = []
 
@@ -61,7 +63,9 @@ class EmailChannel:
         if self.account is not None and listen:
             if self.store.get(CURSOR_KEY) is None:
                 await self._init_cursor()
-            self._watcher = asyncio.create_task(imap.watch(self.account, self.news.set), name="botlab-imap-idle")
+            self._stopping.clear()
+            self._watcher = asyncio.create_task(imap.watch(self.account, self.news.set, self._stopping),
+                                                name="botlab-imap-idle")
 
     async def _init_cursor(self) -> None:
         try:
@@ -72,8 +76,11 @@ class EmailChannel:
 
     async def stop(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._stopping.set()
+            done, _ = await asyncio.wait({self._watcher}, timeout=STOP_TIMEOUT_S)
+            if not done:  # stuck in a network call: cancel, but never wait unboundedly
+                self._watcher.cancel()
+                await asyncio.wait({self._watcher}, timeout=STOP_TIMEOUT_S)
             self._watcher = None
 
     async def send(self, item: OutboxItem) -> None:

@@ -96,7 +96,7 @@ class NostrChannel:
     async def stop(self) -> None:
         if self._drain_task is not None:
             self._drain_task.cancel()
-            await asyncio.gather(self._drain_task, return_exceptions=True)
+            await asyncio.wait({self._drain_task}, timeout=5)  # never hang a shutdown on the stream
             self._drain_task = None
         if self.client is not None:
             await self.client.shutdown()
@@ -120,7 +120,7 @@ class NostrChannel:
         # Fail fast when no relay is up: send_event would wait for one for seconds, on every retry.
         relays = (await self.client.relays()).values()
         if not any(relay.status() == RelayStatus.CONNECTED for relay in relays):
-            raise NostrSendError("no relay is connected")
+            raise NostrSendError("not connected to any relay")
         out = await self.client.send_event(event, ok_timeout=timedelta(seconds=SEND_TIMEOUT_S))
         if not out.success:
             failed = "; ".join(f"{url}: {why}" for url, why in out.failed.items()) or "no relay connected"

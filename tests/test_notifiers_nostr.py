@@ -135,7 +135,7 @@ async def test_relay_restart_send_retried_once_and_reply_still_received(reporter
     nostr_relay.stop()
     now = time.time()
     await reporter.send_digest("test", now=now)
-    assert store.query("SELECT last_error FROM outbox")[0]["last_error"].endswith("no relay is connected")
+    assert "not connected" in store.query("SELECT last_error FROM outbox")[0]["last_error"]
 
     await nostr_relay.start()  # an in-memory relay: it comes back empty
     await wait_relay_connected(reporter.channels["nostr"].client, nostr_relay.url)  # reconnects by itself

@@ -132,3 +132,21 @@ def test_digest_command_reports_a_missing_secret(tmp_path, screen, monkeypatch):
     assert digest_now(team, send=True, console=screen) == 2
     assert "notifiers.nostr.nsec_env: environment variable BOTLAB_TEST_NSEC_UNSET is not set" in \
         screen.file.getvalue()
+
+
+def test_the_reporter_runs_on_the_daemons_side_loop(team, store, screen):
+    """As the daemon uses it: built in the main thread, driven on the I/O thread's loop, store shared."""
+    from botlab.daemon import SideLoop
+
+    side = SideLoop()
+    try:
+        reporter = Reporter(team, store, console=screen)
+        side.call(reporter.start(), timeout=30)
+        record_steps(store, [1, 2])
+        assert local_feedback(team, "/digest", screen) == 0
+        side.call(reporter.tick(time.time()), timeout=120)
+        side.call(reporter.stop(), timeout=30)
+    finally:
+        side.close()
+    assert digests(store) == [1]
+    assert "feedback: \"/digest\"" in store.scalar("SELECT short FROM digests")
