@@ -271,8 +271,10 @@ class Daemon:
                                    f" (seed_size {self.team.selfplay.seed_size}); self-play starts with these")
                 break
             rounds += 1
-            sizes = self.selfplay.seed_round(rounds, on_phase=lambda p: self._phase(side, f"seed round {rounds}", p))
-            self.progress.note(f"seed round {rounds}: buffers {sizes}")
+            sizes, outcomes = self.selfplay.seed_round(
+                rounds, on_phase=lambda p: self._phase(side, f"seed round {rounds}", p))
+            outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
+            self.progress.note(f"seed round {rounds}: buffers {sizes}; proposals: {outcome}")
             self._tick(side)
         self.store.put("seeded", True)
 

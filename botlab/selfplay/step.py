@@ -115,7 +115,7 @@ class SelfPlay:
     def needs_seeding(self) -> bool:
         return any(self.buffers.size(t) < self.cfg.seed_size for t in self.cfg.task_types)
 
-    def seed_round(self, round_no: int, on_phase: PhaseCallback = lambda p: None) -> dict[str, int]:
+    def seed_round(self, round_no: int, on_phase: PhaseCallback = lambda p: None) -> tuple[dict[str, int], Counter]:
         """Propose with the untrained model (no update) and admit what is valid, as AZR does before step 1."""
         rng = random.Random(f"{self.team.train.seed}-seed-{round_no}")
         curriculum = load_curriculum(self.store)
@@ -128,7 +128,7 @@ class SelfPlay:
         with self.store.transaction() as db:
             for p in proposals:
                 self._store_proposal(db, -1, p)
-        return self.buffers.sizes()
+        return self.buffers.sizes(), Counter(p.reason or "admitted" for p in proposals)
 
     # --- the step ---------------------------------------------------------------------------------------------------
 
