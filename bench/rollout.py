@@ -29,7 +29,7 @@ TOPICS = [f"{kind} {thing}" for kind in KINDS for thing in THINGS]  # 64 distinc
 
 
 def main(as_json: bool = False) -> int:
-    with _stdout_to_stderr() if as_json else contextlib.nullcontext():
+    with _stdout_to_stderr():
         report = run()
     if as_json:
         print(json.dumps(report, indent=2))
@@ -123,7 +123,7 @@ def _raw_generate(llm, prompts: list[list[int]], params) -> list:
 
 @contextlib.contextmanager
 def _stdout_to_stderr():
-    """Keep stdout clean for --json: vLLM logs (and C++ prints) go to file descriptor 1."""
+    """Keep stdout for the results: vLLM logs (and C++ prints) write to file descriptor 1."""
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)

@@ -72,11 +72,10 @@ class VLLMEngine(Engine):
     def _generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[list[Completion]]:
         if self.sleeping:
             raise EngineError("the vLLM engine is asleep: call wake_up() before generate()")
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompts],
-            [self.sampling_params(s) for s in sampling],
-            use_tqdm=False,
-        )
+        # One shared SamplingParams when every prompt samples alike, as a direct caller would pass it.
+        same = all(s == sampling[0] for s in sampling)
+        params = self.sampling_params(sampling[0]) if same else [self.sampling_params(s) for s in sampling]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
         return [[_completion(c) for c in out.outputs] for out in outputs]
 
     @staticmethod
