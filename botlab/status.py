@@ -41,7 +41,7 @@ def run_status(team: TeamConfig) -> dict[str, Any]:
 def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
     recorded = store.get("daemon_state", "stopped")
     if alive:
-        state = "paused" if store.get("paused", False) else "running"
+        state = "paused" if store.get("daemon_paused", False) else "running"
     else:
         state = "crashed" if recorded in ("running", "paused") else recorded
     last = store.query("SELECT * FROM steps ORDER BY step DESC LIMIT 1")
