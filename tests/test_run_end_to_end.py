@@ -50,17 +50,17 @@ def buffer_state(db_path: Path) -> list:
 def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
     team = tmp_path / "tiny.yaml"
     team.write_text(textwrap.dedent(TINY_TEAM.format(storage=tmp_path / "runs", engine="transformers")))
-    first = botlab("run", str(team), "--steps", "2")
+    first = botlab("run", str(team), "--steps", "1")
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "runs" / "tiny"
     db_path = run_dir / "botlab.sqlite"
     db = sqlite3.connect(db_path)
     steps = db.execute("SELECT step, summary, timings, checkpoint FROM steps ORDER BY step").fetchall()
-    assert [s[0] for s in steps] == [1, 2]
+    assert [s[0] for s in steps] == [1]
     summary = json.loads(steps[-1][1])
     assert {"rewards", "solve_rates", "valid_rate", "format_rate"} <= set(summary)
     assert {"propose", "validate", "review", "learnability", "solve", "learn"} <= set(json.loads(steps[-1][2]))
-    assert db.execute("SELECT COUNT(*) FROM samples WHERE step = 2").fetchone()[0] >= 2
+    assert db.execute("SELECT COUNT(*) FROM samples WHERE step = 1").fetchone()[0] >= 2
     checkpoint = Path(steps[-1][3])
     db.close()
 
@@ -72,14 +72,14 @@ def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
     status = botlab("status", str(team), "--json")
     assert status.returncode == 0
     info = json.loads(status.stdout)
-    assert info["state"] == "stopped" and info["step"] == 2
+    assert info["state"] == "stopped" and info["step"] == 1
     assert info["engine"]["name"] == "transformers"
 
     second = botlab("run", str(team), "--steps", "1")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "resuming after step 2" in second.stdout + second.stderr
+    assert "resuming after step 1" in second.stdout + second.stderr
     db = sqlite3.connect(db_path)
-    assert [s for (s,) in db.execute("SELECT step FROM steps ORDER BY step")] == [1, 2, 3]
+    assert [s for (s,) in db.execute("SELECT step FROM steps ORDER BY step")] == [1, 2]
     db.close()
     after = buffer_state(db_path)
     assert set(before) <= set(after)  # the resumed run started from exactly the committed buffers
