@@ -38,7 +38,9 @@ fi
 
 if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__ != "2.13.0+cpu")' 2>/dev/null; then
   say "installing torch 2.13.0 (CPU build)"
-  pip install "torch==2.13.0" || pip install "torch==2.13.0" --index-url "$torch_index"
+  # Ask for the +cpu build by name: a local wheel store may have it; PyPI does not (its torch is the multi-GB
+  # CUDA build), so elsewhere this fails at once and PyTorch's CPU index is used.
+  pip install "torch==2.13.0+cpu" || pip install "torch==2.13.0" --index-url "$torch_index"
 fi
 
 if [[ -z "${BOTLAB_NO_VLLM:-}" && $(uname -m) == x86_64 ]]; then
