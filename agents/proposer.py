@@ -54,6 +54,10 @@ def _fail(reason: str, detail: str) -> ProposalParse:
 # Opening of the answer, used when the team primes answers (roles.proposer.prime_answer): the reply starts
 # inside the first block, so a small model is in format from its first token.
 ANSWER_PREFIX = {"deduction": "```python\ndef f(", "abduction": "```python\ndef f(", "induction": "```input\n"}
+# Primed deduction/abduction replies stop at the code block's closing fence; the loop then opens the input block
+# for the model with this bridge and lets it write the input up to the next fence.
+INPUT_BRIDGE = "\n```input\n"
+PRIMED_STOP = "```"
 
 
 class Proposer:

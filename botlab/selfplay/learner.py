@@ -44,6 +44,7 @@ class Rollout:
     old_logprobs: list[float]
     advantage: float
     temperature: float
+    train_mask: list[float] | None = None  # 0 for completion tokens the loop inserted (not sampled)
 
 
 class Learner:
@@ -161,7 +162,7 @@ class Learner:
             ids[row, width - len(seq):] = torch.tensor(seq)
             attention[row, width - len(seq):] = 1
             c = len(r.completion_ids)
-            mask[row, tail - c:] = 1
+            mask[row, tail - c:] = torch.tensor(r.train_mask, dtype=torch.float) if r.train_mask else 1
             logprobs = (r.old_logprobs + [0.0] * c)[:c]
             old[row, tail - c:] = torch.tensor(logprobs)
         positions = (attention.cumsum(1) - 1).clamp(min=0)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from botlab.agents.proposer import ANSWER_PREFIX as PROPOSER_PREFIX
+from botlab.agents.proposer import INPUT_BRIDGE
+from botlab.agents.proposer import PRIMED_STOP as PROPOSER_STOP
 from botlab.agents.proposer import Proposer
 from botlab.agents.reviewer import Reviewer, fingerprint
 from botlab.agents.solver import ANSWER_PREFIX as SOLVER_PREFIX
@@ -50,6 +52,7 @@ class Sample:
     task: Triplet | None = None
     answer: object = None  # the solver's parsed answer, once checked
     prefix: str = ""  # the primed opening of the reply (part of the prompt, not of the sampled tokens)
+    train_mask: list[float] | None = None  # 0 on completion tokens the loop inserted
     suffix: str = ""  # the stop string that ended the reply, cut by the engine
 
     @property
@@ -226,6 +229,8 @@ class SelfPlay:
                 prompts.append((task_type, self.proposer.messages(task_type, references, curriculum), program))
         role_cfg = self.team.roles.proposer
         samples = self._generate("proposer", [(t, m) for t, m, _ in prompts], role_cfg, n=1)
+        if role_cfg.prime_answer:
+            self._write_inputs([group[0] for group in samples], role_cfg)
         proposals = []
         for (task_type, _, program), [sample] in zip(prompts, samples):
             parsed = self.proposer.parse(task_type, sample.text, program=program and program.program)
@@ -325,8 +330,8 @@ class SelfPlay:
             [s.reward.value for s in trained], [(s.task_type, s.role) for s in trained],
             [len(s.completion.token_ids) for s in trained],
         )
-        rollouts = [Rollout(s.prompt_ids, s.completion.token_ids, s.completion.logprobs, a, s.temperature)
-                    for s, a in zip(trained, advantages)]
+        rollouts = [Rollout(s.prompt_ids, s.completion.token_ids, s.completion.logprobs, a, s.temperature,
+                            s.train_mask) for s, a in zip(trained, advantages)]
         return self.learner.train_step(rollouts)
 
     # --- helpers ----------------------------------------------------------------------------------------------------
@@ -335,29 +340,60 @@ class SelfPlay:
         """One batched engine call. With prime_answer the reply starts inside the answer block (see agents/)."""
         if not prompts:
             return []
-        prefixes, stop = {}, []
+        prefixes: dict[str, str] = {}
         if role_cfg.prime_answer:
             prefixes = PROPOSER_PREFIX if role == "proposer" else SOLVER_PREFIX
-            stop = [SOLVER_STOP] if role == "solver" else []
-        ids = []
+        ids, samplings, stops = [], [], []
         for task_type, messages in prompts:
             prefix = prefixes.get(task_type, "")
             prefix_ids = self.engine.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
             ids.append(self.engine.chat_prompt_ids(messages) + prefix_ids)
-        sampling = Sampling(n=n, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
-                            max_tokens=role_cfg.max_new_tokens, stop=stop)
-        outputs = self.engine.generate(ids, sampling)
+            # Primed replies end at their block's closing fence (a proposer's induction reply has several blocks).
+            stop = [SOLVER_STOP] if prefix and (role == "solver" or task_type != "induction") else []
+            stops.append(stop)
+            samplings.append(Sampling(n=n, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
+                                      max_tokens=role_cfg.max_new_tokens, stop=stop))
+        outputs = self.engine.generate(ids, samplings)
         groups = []
-        for (task_type, messages), prompt_ids, completions in zip(prompts, ids, outputs):
+        for (task_type, messages), prompt_ids, stop, completions in zip(prompts, ids, stops, outputs):
             text = messages[-1]["content"]
             prefix = prefixes.get(task_type, "")
             self.generated_tokens += sum(len(c.token_ids) for c in completions)
             groups.append([
                 Sample(role, task_type, prompt_ids, text, c, role_cfg.temperature, prefix=prefix,
-                       suffix=stop[0] if stop and c.finish_reason == "stop" else "")
+                       suffix=stop[0] if stop and self._stopped_at_string(c) else "")
                 for c in completions
             ])
         return groups
+
+    def _stopped_at_string(self, completion: Completion) -> bool:
+        eos = self.engine.tokenizer.eos_token_id
+        return completion.finish_reason == "stop" and not (completion.token_ids and completion.token_ids[-1] == eos)
+
+    def _write_inputs(self, samples: list[Sample], role_cfg) -> None:
+        """Primed deduction/abduction proposals: open the input block after the code and let the model fill it.
+
+        The bridge tokens are part of the trained sequence with a zero mask: the policy is trained on what it
+        sampled, never on what the loop wrote for it.
+        """
+        todo = [s for s in samples if s.task_type != "induction" and s.suffix]
+        if not todo:
+            return
+        bridge = self.engine.tokenizer.encode(INPUT_BRIDGE, add_special_tokens=False)
+        sampling = Sampling(n=1, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
+                            max_tokens=min(64, role_cfg.max_new_tokens), stop=[PROPOSER_STOP])
+        outputs = self.engine.generate([s.prompt_ids + s.completion.token_ids + bridge for s in todo], sampling)
+        for s, [tail] in zip(todo, outputs):
+            first = s.completion
+            self.generated_tokens += len(tail.token_ids)
+            s.completion = Completion(
+                text=first.text + s.suffix + INPUT_BRIDGE + tail.text,
+                token_ids=first.token_ids + bridge + tail.token_ids,
+                logprobs=first.logprobs + [0.0] * len(bridge) + tail.logprobs,
+                finish_reason=tail.finish_reason,
+            )
+            s.train_mask = [1.0] * len(first.token_ids) + [0.0] * len(bridge) + [1.0] * len(tail.token_ids)
+            s.suffix = PROPOSER_STOP if self._stopped_at_string(tail) else ""
 
     def _store_proposal(self, db, step: int, p: Proposal) -> None:
         if p.triplet is None:
