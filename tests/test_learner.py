@@ -108,3 +108,16 @@ def test_left_padded_tail_scores_match_unpadded_sequences(tiny_dir):
         expected = completion_logprob(learner, r)
         got = float((packed[row] * batch.mask[row]).sum())
         assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_tokens_the_loop_inserted_are_not_trained(tiny_dir):
+    learner = Learner(tiny_dir, ModelConfig(), TrainConfig(lr=1e-2, bf16_autocast=False))
+    before = {n: p.clone() for n, p in learner.trainable_state().items()}
+    inserted_only = rollout(learner, 1.0)
+    inserted_only.train_mask = [0.0] * len(inserted_only.completion_ids)
+    learner.train_step([inserted_only])
+    assert all(torch.equal(before[n], p) for n, p in learner.trainable_state().items())
+    partly = rollout(learner, 1.0)
+    partly.train_mask = [1.0, 0.0, 0.0, 1.0]
+    learner.train_step([partly])
+    assert any(not torch.equal(before[n], p) for n, p in learner.trainable_state().items())
