@@ -26,7 +26,7 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return p, centre - half, centre + half
+    return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
 def window_stats(db: sqlite3.Connection, first: int, last: int) -> dict:
