@@ -276,7 +276,6 @@ class Daemon:
             outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
             self.progress.note(f"seed round {rounds}: buffers {sizes}; proposals: {outcome}")
             self._tick(side)
-        self.store.put("seeded", True)
 
     def _wait_while_paused(self, side: SideLoop) -> bool:
         """Hold while feedback paused the team; True if a stop arrived meanwhile."""

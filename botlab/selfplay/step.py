@@ -78,6 +78,8 @@ class StepReport:
     timings: dict[str, float] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    proposals: list[Proposal] = field(default_factory=list)  # what commit() writes
+    solutions: list[Sample] = field(default_factory=list)
 
 
 class SelfPlay:
@@ -170,12 +172,12 @@ class SelfPlay:
 
         report.summary, report.metrics = self._summarise(proposals, solutions, train_stats, report.timings,
                                                          self.generated_tokens - start_tokens)
-        self._pending = (proposals, solutions)
+        report.proposals, report.solutions = proposals, solutions
         return report
 
     def commit(self, report: StepReport, started_at: float, extra_writes: Callable | None = None) -> None:
         """Write the whole step in one transaction: tasks, buffers, samples, metrics and the step row."""
-        proposals, solutions = self._pending
+        proposals, solutions = report.proposals, report.solutions
         now = time.time()
         with self.store.transaction() as db:
             for p in proposals:
@@ -198,7 +200,6 @@ class SelfPlay:
             )
             if extra_writes is not None:
                 extra_writes(db)
-        self._pending = ([], [])
 
     # --- phases -----------------------------------------------------------------------------------------------------
 
