@@ -3,14 +3,16 @@
 Deduction and abduction: the proposer writes a program f and one input (a ```python block, then an ```input block),
 shown K reference triplets it must differ from, the team's goal and the curriculum's focus and difficulty nudge.
 Induction: the proposer is given a program (from the deduction/abduction buffers) and writes `induction_inputs`
-inputs (```input blocks) plus a ```message hinting at f; the solver later sees the first `induction_visible` pairs.
+calls of f, one per line in a ```python block (```input blocks holding the arguments are read too), plus a ```message
+hinting at f; the solver later sees the first `induction_visible` pairs.
 
 Parsing rules (see agents/blocks.py for the block format and why <think> is optional):
 - program: the FIRST code block (```python, or an untagged block with a top-level def). First, because small models
   tend to repeat themselves after a good answer; the first is the one they meant.
 - the entry function becomes f (agents.blocks.entry_program: several top-level functions without an f are ambiguous).
 - deduction/abduction input: the FIRST ```input block (or untagged block without a def).
-- induction inputs: every ```input block (and untagged block without a def) in order; duplicates (same arguments
+- induction inputs: the arguments of every `f(...)` line of a calls block (a ```python or untagged block whose lines
+  all call f) and every ```input block (or other untagged block without a def), in order; duplicates (same arguments
   up to formatting) are dropped; the first `induction_inputs` distinct ones are kept, fewer is "too_few_inputs".
 - induction message: the FIRST ```message block; it must not quote the program ("message_leaks_code").
 Every failure has a machine-readable `reason`; `detail` says what exactly, for logs and the digest.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 from botlab.agents.blocks import Blocks, CodeProblem, answer_region, check_arguments, defines_function, entry_program
 from botlab.agents.blocks import split_blocks
+from botlab.agents.priming import Segment
 from botlab.agents.prompts import chat, load_prompts, render
 from botlab.config import TASK_TYPES, SelfPlayConfig, TaskType
 from botlab.curriculum import Curriculum
@@ -51,13 +54,14 @@ def _fail(reason: str, detail: str) -> ProposalParse:
     return ProposalParse(reason=reason, detail=detail)
 
 
-# Opening of the answer, used when the team primes answers (roles.proposer.prime_answer): the reply starts
-# inside the first block, so a small model is in format from its first token.
-ANSWER_PREFIX = {"deduction": "```python\ndef f(", "abduction": "```python\ndef f(", "induction": "```input\n"}
-# Primed deduction/abduction replies stop at the code block's closing fence; the loop then opens the input block
-# for the model with this bridge and lets it write the input up to the next fence.
-INPUT_BRIDGE = "\n```input\n"
-PRIMED_STOP = "```"
+_CALL_LINE = re.compile(r"^\s*f\s*\(")
+
+# Primed replies (roles.proposer.prime_answer, see agents/priming.py). Deduction and abduction: the program, then
+# its input, each part ending at its block's closing fence. Induction: each call of f is its own one-line part (a
+# small model writes two or three calls and wanders off), then the message.
+_PROGRAM_AND_INPUT = [Segment("```python\ndef f(", "```"), Segment("\n```input\n", "```", max_tokens=64)]
+_CALL_TOKENS = 48
+_MESSAGE_TOKENS = 48
 
 
 class Proposer:
@@ -98,6 +102,15 @@ class Proposer:
             )
         return chat(self.prompts["system"], user)
 
+    def primed(self, task_type: TaskType) -> list[Segment]:
+        """The reply's parts when the team primes answers (roles.proposer.prime_answer)."""
+        _check_task_type(task_type)
+        if task_type != "induction":
+            return _PROGRAM_AND_INPUT
+        calls = [Segment("f(", "\n", max_tokens=_CALL_TOKENS)] * (self.cfg.induction_inputs - 1)
+        return [Segment("```python\nf(", "\n", max_tokens=_CALL_TOKENS), *calls,
+                Segment("```\n```message\n", "```", max_tokens=_MESSAGE_TOKENS)]
+
     # --- parsing -----------------------------------------------------------------------------------------------------
 
     def parse(self, task_type: TaskType, completion_text: str, program: str | None = None) -> ProposalParse:
@@ -137,7 +150,9 @@ class Proposer:
         wanted = self.cfg.induction_inputs
         inputs: list[str] = []
         seen: set[str] = set()
-        for n, text in enumerate(_input_blocks(blocks), start=1):
+        for n, text in enumerate(_induction_inputs(blocks), start=1):
+            if text is None:
+                return _fail("input_syntax_error", f"input {n}: the line is not one call of f")
             if not text.strip():
                 continue
             problem = check_arguments(text)
@@ -178,6 +193,32 @@ def _code_blocks(blocks: Blocks) -> list[str]:
 
 def _input_blocks(blocks: Blocks) -> list[str]:
     return [b.text for b in blocks.blocks if b.kind == "input" or (b.kind == "" and not defines_function(b.text))]
+
+
+def _induction_inputs(blocks: Blocks) -> list[str | None]:
+    """Argument texts in order: each line of a calls block, each ```input (or untagged non-code) block.
+    None stands for a calls-block line that is not one call of f."""
+    found: list[str | None] = []
+    for b in blocks.blocks:
+        lines = [line for line in b.text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if b.kind in ("python", "", "input") and lines and all(_CALL_LINE.match(line) for line in lines):
+            found += [_call_arguments(line) for line in lines]
+        elif b.kind == "input" or (b.kind == "" and not defines_function(b.text)):
+            found.append(b.text)
+    return found
+
+
+def _call_arguments(line: str) -> str | None:
+    """The arguments of a line `f(ARGS)  # comment`, or None when the line is not one call."""
+    try:
+        body = ast.parse(line.strip()).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    node = body[0] if len(body) == 1 else None
+    if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)):
+        return None
+    call = ast.get_source_segment(line.strip(), node.value)
+    return call[call.index("(") + 1 : -1]
 
 
 def _arguments_key(text: str) -> str:

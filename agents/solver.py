@@ -1,13 +1,15 @@
 """The solver role: prompts that pose a verified task to the policy, and the parser of its answers.
 
-Deduction: f and an input are shown; the answer is the value, one ```output block.
-Abduction: f and an output are shown; the answer is f's arguments, one ```input block.
+Deduction: f and an input are shown; the answer is the value, completing `assert f(INPUT) == VALUE`.
+Abduction: f and an output are shown; the answer is f's arguments, completing `assert f(ARGS) == OUTPUT`.
 Induction: the first `induction_visible` input/output pairs and the proposer's message are shown (the other pairs are
 hidden tests); the answer is a program, one ```python block whose entry function becomes f.
 
 Parsing rules (see agents/blocks.py for the block format and why <think> is optional): the answer is the LAST
-complete block of the expected kind (an untagged block counts: as code when it has a top-level def, else as the
-expected value/arguments; a ```python block without a def also counts as the value/arguments). Last, because a solver may draft and correct itself; the final block is its answer.
+complete block of the expected kind. Deduction and abduction read the last `assert f(...) == ...` line of a ```python
+(or untagged) block; an ```output / ```input block, or a block holding just the value, is read as the value/arguments
+too. Induction reads a ```python block (an untagged one with a top-level def counts). Last, because a solver may draft
+and correct itself; the final block is its answer.
 Deduction answers and abduction arguments must be values written out (agents.blocks.is_value): the sandbox
 evaluates them, and an expression would let it do the solver's work ("answer_not_a_value").
 Every failure has a machine-readable `reason`.
@@ -15,10 +17,13 @@ Every failure has a machine-readable `reason`.
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass
 
-from botlab.agents.blocks import CodeProblem, answer_region, check_arguments, check_value, defines_function
-from botlab.agents.blocks import entry_program, split_blocks
+from botlab.agents.blocks import MAX_CODE_CHARS, CodeProblem, answer_region, check_arguments, check_value
+from botlab.agents.blocks import defines_function, entry_program, split_blocks
+from botlab.agents.priming import Segment
 from botlab.agents.prompts import chat, load_prompts, render
 from botlab.config import TASK_TYPES, SelfPlayConfig, TaskType
 from botlab.tasks import Triplet
@@ -30,11 +35,7 @@ ANSWER_KIND: dict[str, tuple[str, str]] = {
     "induction": ("python", "no_code_block"),
 }
 
-
-# Opening of the answer when the team primes answers (roles.solver.prime_answer); the block's closing fence is
-# then the stop sequence, so a solver turn costs only the answer's tokens.
-ANSWER_PREFIX = {"deduction": "```output\n", "abduction": "```input\n", "induction": "```python\ndef f("}
-ANSWER_STOP = "```"
+_ASSERTION = re.compile(r"^\s*assert\s+f\s*\(")
 
 
 @dataclass
@@ -67,6 +68,16 @@ class Solver:
             user = render(template, pairs=pairs, message=task.message)
         return chat(self.prompts["system"], user)
 
+    def primed(self, task_type: TaskType, task: Triplet) -> list[Segment]:
+        """The reply's opening when the team primes answers (roles.solver.prime_answer): the model writes only the
+        value, the arguments or the function, so a solver turn costs only the answer's tokens."""
+        _check_task(task_type, task)
+        if task_type == "deduction":
+            return [Segment(f"```python\nassert f({task.inputs[0]}) == ", "\n", closing="\n```")]
+        if task_type == "abduction":
+            return [Segment("```python\nassert f(", "\n", closing="\n```")]
+        return [Segment("```python\ndef f(", "```")]
+
     def parse(self, task_type: TaskType, completion_text: str) -> AnswerParse:
         if task_type not in TASK_TYPES:
             raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
@@ -78,24 +89,46 @@ class Solver:
         blocks = split_blocks(region)
         kind, missing = ANSWER_KIND[task_type]
         wants_code = kind == "python"
-        candidates = [b.text for b in blocks.blocks if b.kind == kind or _counts_as(b, wants_code)]
+        candidates = [b for b in blocks.blocks if b.kind == kind or _counts_as(b, wants_code)]
         if not candidates:
             if blocks.unclosed:
                 return AnswerParse(reason="unclosed_block", detail=f"no complete ```{kind} block (one was left open)")
-            return AnswerParse(reason=missing, detail=f"no ```{kind} block")
-        answer = candidates[-1].strip()
+            return AnswerParse(reason=missing, detail=f"no assertion or ```{kind} block")
+        answer = candidates[-1].text.strip()
         if not answer:
-            return AnswerParse(reason="empty_answer", detail=f"the ```{kind} block is empty")
+            return AnswerParse(reason="empty_answer", detail="the answer block is empty")
         if wants_code:
             try:
                 return AnswerParse(answer=entry_program(answer))
             except CodeProblem as e:
                 return AnswerParse(reason=e.reason, detail=e.detail)
+        assertion = [line for line in answer.splitlines() if _ASSERTION.match(line)]
+        if assertion:
+            answer, problem = _from_assertion(assertion[-1].strip(), task_type)
+            if problem:
+                return problem
         problem = check_arguments(answer, values_only=True) if kind == "input" else check_value(answer)
         if problem:
             reason = "answer_syntax_error" if problem[0] == "syntax" else "answer_not_a_value"
             return AnswerParse(reason=reason, detail=problem[1])
         return AnswerParse(answer=answer)
+
+
+def _from_assertion(line: str, task_type: str) -> tuple[str, AnswerParse | None]:
+    """The value (deduction) or the arguments (abduction) of `assert f(ARGS) == VALUE`."""
+    if len(line) > MAX_CODE_CHARS:
+        return "", AnswerParse(reason="answer_syntax_error", detail=f"the assertion has {len(line)} characters")
+    try:
+        test = ast.parse(line).body[0].test
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        return "", AnswerParse(reason="answer_syntax_error", detail=f"the assertion is not valid Python: {e}")
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+            and isinstance(test.left, ast.Call)):
+        return "", AnswerParse(reason="answer_syntax_error", detail="the assertion is not `assert f(...) == ...`")
+    if task_type == "deduction":
+        return ast.get_source_segment(line, test.comparators[0]), None
+    call = ast.get_source_segment(line, test.left)  # "f(ARGS)", by characters (ast's offsets count bytes)
+    return call[call.index("(") + 1 : -1], None
 
 
 def _counts_as(block, wants_code: bool) -> bool:

@@ -15,8 +15,6 @@ from pathlib import Path
 from rich.console import Console
 
 from botlab.agents.blocks import split_blocks
-from botlab.agents.solver import ANSWER_PREFIX as SOLVER_PREFIX
-from botlab.agents.solver import ANSWER_STOP as SOLVER_STOP
 from botlab.agents.solver import Solver
 from botlab.config import TeamConfig
 from botlab.engines import Engine, Sampling
@@ -90,19 +88,23 @@ def evaluate(engine: Engine, executor: Executor, team: TeamConfig, suite: str, p
     if suite == "humaneval":
         sampling.max_tokens = max(sampling.max_tokens, 384)
         messages = [[{"role": "user", "content": HUMANEVAL_PROMPT.format(prompt=p["prompt"])}] for p in problems]
+        openings, parts = [""] * len(problems), []
     else:
         task_type = "deduction" if suite == "cruxeval-o" else "abduction"
-        messages = [solver.messages(task_type, _triplet(p, task_type)) for p in problems]
-    # Pose problems the way the team's solver is trained to answer them (primed or not).
-    prefix = ""
-    if suite != "humaneval" and team.roles.solver.prime_answer:
-        prefix = SOLVER_PREFIX[task_type]
-        sampling.stop = [SOLVER_STOP]
-    prefix_ids = engine.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
-    outputs = engine.generate([engine.chat_prompt_ids(m) + prefix_ids for m in messages], sampling)
+        tasks = [_triplet(p, task_type) for p in problems]
+        messages = [solver.messages(task_type, t) for t in tasks]
+        # Pose problems the way the team's solver is trained to answer them (primed or not; one part each).
+        parts = [solver.primed(task_type, t)[0] for t in tasks] if team.roles.solver.prime_answer else []
+        openings = [p.opening for p in parts] or [""] * len(problems)
+        if parts:
+            sampling.stop = [parts[0].stop]
+    prompts = [engine.chat_prompt_ids(m) + (engine.tokenizer.encode(o, add_special_tokens=False) if o else [])
+               for m, o in zip(messages, openings)]
+    outputs = engine.generate(prompts, sampling)
+    closing = parts[0].parsed_closing if parts else ""
     scores = []
-    for problem, completions in zip(problems, outputs):
-        texts = [prefix + c.text + (SOLVER_STOP if prefix and c.finish_reason == "stop" else "") for c in completions]
+    for problem, opening, completions in zip(problems, openings, outputs):
+        texts = [opening + c.text + (closing if closing and c.finish_reason == "stop" else "") for c in completions]
         correct = _check(suite, solver, executor, problem, texts)
         scores.append(sum(correct) / len(correct))
     n = len(scores)

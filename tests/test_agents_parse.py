@@ -141,6 +141,30 @@ def test_program_cut_off_inside_the_code_block_is_unclosed(proposer):
 # --- proposer: induction ---------------------------------------------------------------------------------------------
 
 
+def test_induction_inputs_as_call_lines(proposer):
+    text = "```python\nf(1)  # small\nf([1,2])\nf( 'a', k=2)\n# a comment\nf(1)\nf(-3)\n```\n```message\nhi\n```"
+    parsed = proposer.parse("induction", text)
+    assert parsed.ok and parsed.inputs == ["1", "[1,2]", "'a', k=2", "-3"]
+
+
+@pytest.mark.parametrize("line", ["f(1); import os", "f(1) + 2", "f(1)(2)", "f(1"])
+def test_induction_call_lines_must_be_one_call(proposer, line):
+    text = f"```python\nf(1)\n{line}\nf(3)\nf(4)\n```\n```message\nhi\n```"
+    assert proposer.parse("induction", text).reason == "input_syntax_error"
+
+
+def test_primed_proposals_parse_when_the_loop_joins_the_parts(proposer):
+    parts = proposer.primed("induction")  # one part per call (induction_inputs = 4), then the message
+    assert len(parts) == 5 and all(p.stop == "\n" for p in parts[:4])
+    sampled = ["1)", "2)  # two", "3)", "4)", "adds one"]
+    text = "".join(p.opening + s + p.parsed_closing for p, s in zip(parts, sampled))
+    parsed = proposer.parse("induction", text)
+    assert parsed.ok and parsed.inputs == ["1", "2", "3", "4"] and parsed.message == "adds one"
+    parts = proposer.primed("deduction")
+    text = "".join(p.opening + s + p.parsed_closing for p, s in zip(parts, ["n):\n    return n * 2\n", "21"]))
+    assert proposer.parse("deduction", text).inputs == ["21"]
+
+
 def induction_answer(inputs: list[str], message: str | None = "doubles, then one more") -> str:
     parts = [fenced("input", i) for i in inputs]
     if message is not None:
@@ -220,6 +244,40 @@ def test_solver_value_in_a_python_block_counts(solver):
     code = "```python\ndef f(s):\n    return s\n```"
     assert solver.parse("deduction", code).reason == "no_output_block"  # code is not a value
     assert solver.parse("deduction", "```python\nx = f('abc')\nprint(x)\n```").reason == "answer_syntax_error"
+
+
+def test_solver_reads_the_last_assertion(solver):
+    text = "f reverses:\n```python\nassert f('abc') == 'cba'\n```\nno, plus s[0]:\n```python\nassert f('abc') == 'cbaa'\n```"
+    assert solver.parse("deduction", text).answer == "'cbaa'"
+    assert solver.parse("abduction", "```python\nassert f([1, (2, 3)], k='é') == 6  # sum\n```").answer == \
+        "[1, (2, 3)], k='é'"
+    assert solver.parse("abduction", "```python\nassert f() == 0\n```").answer == ""
+
+
+@pytest.mark.parametrize(
+    "task_type, text, reason",
+    [
+        ("deduction", "```python\nassert f(3) ==\n```", "answer_syntax_error"),
+        ("deduction", "```python\nassert f(3) != 4\n```", "answer_syntax_error"),
+        ("deduction", "```python\nassert f(3) == sorted([4])\n```", "answer_not_a_value"),
+        ("abduction", "```python\nassert f(x) == 4\n```", "answer_not_a_value"),
+        ("abduction", "```python\nassert f(range(9)[2]) == 4\n```", "answer_not_a_value"),
+    ],
+)
+def test_solver_assertion_failures(solver, task_type, text, reason):
+    parsed = solver.parse(task_type, text)
+    assert (parsed.ok, parsed.reason) == (False, reason), parsed
+
+
+def test_primed_solver_replies_parse_after_the_loop_closes_them(solver, reverse_task):
+    """What the loop hands the parser: opening + sampled text + the part's closing."""
+    for task_type, sampled, answer in [("deduction", "'cbaa'", "'cbaa'"), ("abduction", "'abc') == 'cbaa'", "'abc'"),
+                                       ("induction", "s):\n    return s[::-1] + s[0]\n",
+                                        "def f(s):\n    return s[::-1] + s[0]")]:
+        [part] = solver.primed(task_type, reverse_task)
+        assert solver.parse(task_type, part.opening + sampled + part.parsed_closing).answer == answer
+    [deduction] = solver.primed("deduction", reverse_task)
+    assert deduction.opening.endswith("assert f('abc') == ") and deduction.stop == "\n"
 
 
 def test_solver_abduction_and_induction(solver):

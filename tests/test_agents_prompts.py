@@ -62,8 +62,8 @@ def test_induction_proposal_prompt(selfplay_cfg):
     program = Triplet("def f(n):\n    return n * 2 + 1", ["1"], ["3"])
     text = user_text(Proposer(selfplay_cfg, goal="strings").messages("induction", [program], Curriculum()))
     assert f"```python\n{program.program}\n```" in text
-    assert "Write 4 different inputs" in text and "will see 2 inputs" in text  # selfplay_cfg: 4 inputs, 2 shown
-    assert "4 ```input blocks" in text and "```message block" in text
+    assert "Write 4 different calls of f" in text and "will see 2 calls" in text  # selfplay_cfg: 4 inputs, 2 shown
+    assert "one per line in a ```python block" in text and "```message block" in text
 
 
 def test_induction_proposal_needs_its_program(selfplay_cfg):
@@ -75,10 +75,10 @@ def test_solver_deduction_and_abduction_prompts(selfplay_cfg, reverse_task):
     solver = Solver(selfplay_cfg)
     deduction = user_text(solver.messages("deduction", reverse_task))
     assert f"```python\n{reverse_task.program}\n```" in deduction
-    assert "What does f('abc') return?" in deduction and "```output block" in deduction
+    assert "What does f('abc') return?" in deduction and "assert f('abc') == ..." in deduction
     assert "'cbaa'" not in deduction  # the answer is not in the question
     abduction = user_text(solver.messages("abduction", reverse_task))
-    assert "for which f returns 'cbaa'" in abduction and "```input block" in abduction
+    assert "for which f returns 'cbaa'" in abduction and "assert f(...) == 'cbaa'" in abduction
     assert "'abc'" not in abduction
 
 

@@ -14,13 +14,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from botlab.agents.proposer import ANSWER_PREFIX as PROPOSER_PREFIX
-from botlab.agents.proposer import INPUT_BRIDGE
-from botlab.agents.proposer import PRIMED_STOP as PROPOSER_STOP
+from botlab.agents.priming import Segment
 from botlab.agents.proposer import Proposer
 from botlab.agents.reviewer import Reviewer, fingerprint
-from botlab.agents.solver import ANSWER_PREFIX as SOLVER_PREFIX
-from botlab.agents.solver import ANSWER_STOP as SOLVER_STOP
 from botlab.agents.solver import Solver
 from botlab.config import TeamConfig, TaskType
 from botlab.curriculum import Curriculum, load_curriculum
@@ -36,6 +32,8 @@ from botlab.tasks import Triplet, zero_triplet
 log = logging.getLogger(__name__)
 
 PhaseCallback = Callable[[str], None]
+# A generation request: the task type, the chat messages, and the primed reply's parts ([] when not primed).
+Prompt = tuple[TaskType, list[dict], list[Segment]]
 
 
 @dataclass
@@ -214,7 +212,9 @@ class SelfPlay:
         return max(1, round(batch * len(active) * weights[task_type] / total)) if total else 0
 
     def _propose(self, curriculum: Curriculum, rng: random.Random, only_below_seed: bool = False) -> list[Proposal]:
-        prompts: list[tuple[TaskType, list[dict], Triplet | None]] = []
+        prompts: list[Prompt] = []
+        programs: list[Triplet | None] = []
+        role_cfg = self.team.roles.proposer
         for task_type in self._active_types(curriculum):
             if only_below_seed and self.buffers.size(task_type) >= self.cfg.seed_size:
                 continue
@@ -227,13 +227,12 @@ class SelfPlay:
                     references = [program]
                 else:
                     references = self.buffers.references(task_type, self.cfg.references, rng)
-                prompts.append((task_type, self.proposer.messages(task_type, references, curriculum), program))
-        role_cfg = self.team.roles.proposer
-        samples = self._generate("proposer", [(t, m) for t, m, _ in prompts], role_cfg, n=1)
-        if role_cfg.prime_answer:
-            self._write_inputs([group[0] for group in samples], role_cfg)
+                parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
+                prompts.append((task_type, self.proposer.messages(task_type, references, curriculum), parts))
+                programs.append(program)
+        samples = self._generate("proposer", prompts, role_cfg, n=1)
         proposals = []
-        for (task_type, _, program), [sample] in zip(prompts, samples):
+        for (task_type, _, _), program, [sample] in zip(prompts, programs, samples):
             parsed = self.proposer.parse(task_type, sample.text, program=program and program.program)
             proposal = Proposal(sample, parsed.ok, parsed.reason)
             if parsed.ok:
@@ -273,7 +272,7 @@ class SelfPlay:
         if not admitted:
             return
         n = self.cfg.learnability_rollouts
-        prompts = [(p.triplet.task_type, self.solver.messages(p.triplet.task_type, p.triplet)) for p in admitted]
+        prompts = [self._solver_prompt(p.triplet) for p in admitted]
         groups = self._generate("solver", prompts, self.team.roles.solver, n=n)
         for p, group in zip(admitted, groups):
             for s in group:
@@ -285,7 +284,7 @@ class SelfPlay:
         prompts, owners = [], []
         for task_type, batch in tasks.items():
             for task in batch:
-                prompts.append((task_type, self.solver.messages(task_type, task)))
+                prompts.append(self._solver_prompt(task))
                 owners.append(task)
         samples = [group[0] for group in self._generate("solver", prompts, self.team.roles.solver, n=1)]
         for sample, task in zip(samples, owners):
@@ -337,64 +336,74 @@ class SelfPlay:
 
     # --- helpers ----------------------------------------------------------------------------------------------------
 
-    def _generate(self, role: str, prompts: list[tuple[TaskType, list[dict]]], role_cfg, n: int) -> list[list[Sample]]:
-        """One batched engine call. With prime_answer the reply starts inside the answer block (see agents/)."""
+    def _solver_prompt(self, task: Triplet) -> Prompt:
+        primed = self.team.roles.solver.prime_answer
+        parts = self.solver.primed(task.task_type, task) if primed else []
+        return task.task_type, self.solver.messages(task.task_type, task), parts
+
+    def _generate(self, role: str, prompts: list[Prompt], role_cfg, n: int) -> list[list[Sample]]:
+        """Batched engine calls, one per reply part. A primed reply (agents/priming.py) starts inside its first
+        block; the loop opens each later part once the model closed the one before."""
         if not prompts:
             return []
-        prefixes: dict[str, str] = {}
-        if role_cfg.prime_answer:
-            prefixes = PROPOSER_PREFIX if role == "proposer" else SOLVER_PREFIX
-        ids, samplings, stops = [], [], []
-        for task_type, messages in prompts:
-            prefix = prefixes.get(task_type, "")
-            prefix_ids = self.engine.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
-            ids.append(self.engine.chat_prompt_ids(messages) + prefix_ids)
-            # Primed replies end at their block's closing fence (a proposer's induction reply has several blocks).
-            stop = [SOLVER_STOP] if prefix and (role == "solver" or task_type != "induction") else []
-            stops.append(stop)
+        ids, samplings = [], []
+        for _, messages, parts in prompts:
+            opening = self._encode(parts[0].opening) if parts else []
+            ids.append(self.engine.chat_prompt_ids(messages) + opening)
             samplings.append(Sampling(n=n, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
-                                      max_tokens=role_cfg.max_new_tokens, stop=stop))
+                                      max_tokens=_budget(parts[0] if parts else None, role_cfg),
+                                      stop=[parts[0].stop] if parts else []))
         outputs = self.engine.generate(ids, samplings)
         groups = []
-        for (task_type, messages), prompt_ids, stop, completions in zip(prompts, ids, stops, outputs):
-            text = messages[-1]["content"]
-            prefix = prefixes.get(task_type, "")
+        for (task_type, messages, parts), prompt_ids, completions in zip(prompts, ids, outputs):
             self.generated_tokens += sum(len(c.token_ids) for c in completions)
+            closed = parts[0].parsed_closing if parts else ""
             groups.append([
-                Sample(role, task_type, prompt_ids, text, c, role_cfg.temperature, prefix=prefix,
-                       suffix=stop[0] if stop and self._stopped_at_string(c) else "")
+                Sample(role, task_type, prompt_ids, messages[-1]["content"], c, role_cfg.temperature,
+                       prefix=parts[0].opening if parts else "", suffix=closed if self._stopped_at_string(c) else "")
                 for c in completions
             ])
+        for k in range(1, max(len(parts) for _, _, parts in prompts)):
+            # A non-empty suffix says the previous part reached its stop string; the others stay as they ended.
+            todo = [(s, parts[k]) for (_, _, parts), group in zip(prompts, groups) if len(parts) > k
+                    for s in group if s.suffix]
+            self._continue(todo, role_cfg)
         return groups
+
+    def _continue(self, todo: list[tuple[Sample, Segment]], role_cfg) -> None:
+        """Open the next part of each reply and let the model write it.
+
+        The opening's tokens are part of the trained sequence with a zero mask: the policy is trained on what it
+        sampled, never on what the loop wrote for it.
+        """
+        if not todo:
+            return
+        ids, samplings, openings = [], [], []
+        for s, part in todo:
+            openings.append(self._encode(part.opening))
+            ids.append(s.prompt_ids + s.completion.token_ids + openings[-1])
+            samplings.append(Sampling(n=1, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
+                                      max_tokens=_budget(part, role_cfg), stop=[part.stop]))
+        outputs = self.engine.generate(ids, samplings)
+        for (s, part), opening, [tail] in zip(todo, openings, outputs):
+            head = s.completion
+            self.generated_tokens += len(tail.token_ids)
+            s.completion = Completion(
+                text=head.text + s.suffix + part.opening + tail.text,
+                token_ids=head.token_ids + opening + tail.token_ids,
+                logprobs=head.logprobs + [0.0] * len(opening) + tail.logprobs,
+                finish_reason=tail.finish_reason,
+            )
+            mask = s.train_mask or [1.0] * len(head.token_ids)
+            s.train_mask = mask + [0.0] * len(opening) + [1.0] * len(tail.token_ids)
+            s.suffix = part.parsed_closing if self._stopped_at_string(tail) else ""
+
+    def _encode(self, text: str) -> list[int]:
+        return self.engine.tokenizer.encode(text, add_special_tokens=False)
 
     def _stopped_at_string(self, completion: Completion) -> bool:
         eos = self.engine.tokenizer.eos_token_id
         return completion.finish_reason == "stop" and not (completion.token_ids and completion.token_ids[-1] == eos)
-
-    def _write_inputs(self, samples: list[Sample], role_cfg) -> None:
-        """Primed deduction/abduction proposals: open the input block after the code and let the model fill it.
-
-        The bridge tokens are part of the trained sequence with a zero mask: the policy is trained on what it
-        sampled, never on what the loop wrote for it.
-        """
-        todo = [s for s in samples if s.task_type != "induction" and s.suffix]
-        if not todo:
-            return
-        bridge = self.engine.tokenizer.encode(INPUT_BRIDGE, add_special_tokens=False)
-        sampling = Sampling(n=1, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
-                            max_tokens=min(64, role_cfg.max_new_tokens), stop=[PROPOSER_STOP])
-        outputs = self.engine.generate([s.prompt_ids + s.completion.token_ids + bridge for s in todo], sampling)
-        for s, [tail] in zip(todo, outputs):
-            first = s.completion
-            self.generated_tokens += len(tail.token_ids)
-            s.completion = Completion(
-                text=first.text + s.suffix + INPUT_BRIDGE + tail.text,
-                token_ids=first.token_ids + bridge + tail.token_ids,
-                logprobs=first.logprobs + [0.0] * len(bridge) + tail.logprobs,
-                finish_reason=tail.finish_reason,
-            )
-            s.train_mask = [1.0] * len(first.token_ids) + [0.0] * len(bridge) + [1.0] * len(tail.token_ids)
-            s.suffix = PROPOSER_STOP if self._stopped_at_string(tail) else ""
 
     def _store_proposal(self, db, step: int, p: Proposal) -> None:
         if p.triplet is None:
@@ -447,6 +456,13 @@ class SelfPlay:
             "proposals": len(proposals), "solved": len(solutions),
         }
         return summary, metrics
+
+
+def _budget(part: Segment | None, role_cfg) -> int:
+    """A part's token budget: its own limit when it has one, never more than the role's max_new_tokens."""
+    if part is None or part.max_tokens is None:
+        return role_cfg.max_new_tokens
+    return min(part.max_tokens, role_cfg.max_new_tokens)
 
 
 def _mean(values: list[float]) -> float | None:
