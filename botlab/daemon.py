@@ -134,6 +134,7 @@ class Daemon:
         previous = self.store.get("daemon_state", "new")
         self.stop.install()
         self.store.put("daemon_state", "running")
+        self.store.put("phase", "start")  # not the phase a crashed run left behind
         self.store.put("started_at", time.time())
         if previous in ("running", "paused"):
             self.store.log_event("restart", "restarted after an unclean stop", level="warning")

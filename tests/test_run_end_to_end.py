@@ -2,40 +2,11 @@
 
 import json
 import sqlite3
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-TINY_TEAM = """
-name: tiny
-goal: "Short list functions."
-storage_dir: {storage}
-model: {{name: builtin:smollm2-135m, engine: {engine}, max_model_len: 1024}}
-roles:
-  proposer: {{max_new_tokens: 64, prime_answer: true}}
-  solver: {{max_new_tokens: 32, prime_answer: true}}
-selfplay:
-  propose_batch: 1
-  solve_batch: 1
-  references: 1
-  learnability_rollouts: 2
-  seed_size: 2
-  seed_max_rounds: 1
-  induction_inputs: 3
-  induction_visible: 2
-train: {{steps: 10, lr: 1.0e-5, micro_batch: 4}}
-schedules: {{checkpoint_every_steps: 2, keep_checkpoints: 1, digest_every: 1h}}
-"""
-
-
-def botlab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "botlab.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+from tests.fixtures.runs import botlab, check_run_invariants, write_tiny_team
 
 
 def buffer_state(db_path: Path) -> list:
@@ -48,8 +19,7 @@ def buffer_state(db_path: Path) -> list:
 
 @pytest.mark.slow
 def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
-    team = tmp_path / "tiny.yaml"
-    team.write_text(textwrap.dedent(TINY_TEAM.format(storage=tmp_path / "runs", engine="transformers")))
+    team = write_tiny_team(tmp_path)
     first = botlab("run", str(team), "--steps", "1")
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "runs" / "tiny"
@@ -83,3 +53,4 @@ def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
     db.close()
     after = buffer_state(db_path)
     assert set(before) <= set(after)  # the resumed run started from exactly the committed buffers
+    assert check_run_invariants(run_dir)["steps"] == 2

@@ -1,0 +1,109 @@
+"""The daemon as a real process: kill -9 at random points loses and repeats nothing, and signals stop it cleanly."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from tests.fixtures.runs import botlab, check_run_invariants, launch, read_kv, wait_for_phase, write_tiny_team
+
+pytestmark = pytest.mark.slow
+
+
+def last_step(db_path: Path) -> int:
+    if not db_path.exists():
+        return 0
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute("SELECT COALESCE(MAX(step), 0) FROM steps").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
+def events(db_path: Path, kind: str) -> list[str]:
+    db = sqlite3.connect(db_path)
+    try:
+        return [m for (m,) in db.execute("SELECT message FROM events WHERE kind = ? ORDER BY id", (kind,))]
+    finally:
+        db.close()
+
+
+def kill_9(proc) -> None:
+    """SIGKILL the daemon; whatever it started (sandbox workers, their runs) must die with it."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == [], f"processes outlived the killed daemon: {alive}"
+
+
+def test_kill_9_at_random_points_then_resume(tmp_path, builtin_model_dir):
+    steps = 4
+    team = write_tiny_team(tmp_path, steps=steps)
+    run_dir = tmp_path / "runs" / "tiny"
+    db_path = run_dir / "botlab.sqlite"
+    log = tmp_path / "run.log"
+    # One kill at a random moment (start-up, seeding or step 1), then two where state is written: after the resume
+    # state is saved but before the step commits, and during an update after a resume.
+    kill_points = [random.Random().uniform(0.5, 20.0), f"step 2/{steps}: save", f"step 3/{steps}: learn"]
+    for point in kill_points:
+        committed = last_step(db_path)
+        proc = launch("run", str(team), log=log)
+        if isinstance(point, str):
+            wait_for_phase(proc, db_path, point)
+        else:
+            time.sleep(point)  # some random moment of its work
+        kill_9(proc)
+        # Nothing committed is lost, at most the step in flight is gone, and the directory is consistent.
+        assert last_step(db_path) in (committed, committed + 1)
+        check_run_invariants(run_dir, after_crash=True)
+        assert read_kv(db_path, "daemon_state") == "running"  # what `botlab status` reports as crashed
+
+    assert last_step(db_path) == 2
+    final = botlab("run", str(team))
+    assert final.returncode == 0, log.read_text()[-3000:] + final.stdout + final.stderr
+    assert "resuming after step 2" in final.stdout + final.stderr
+    assert check_run_invariants(run_dir)["steps"] == steps
+    # One optimizer update per committed step: no redone step was applied twice, none was skipped.
+    state = torch.load(Path(read_kv(db_path, "resume_state")) / "learner.pt", weights_only=False)
+    updates = {float(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert updates == {float(steps)}
+    assert len(events(db_path, "restart")) == len(kill_points)  # every run after a kill said it found a crash
+    assert read_kv(db_path, "daemon_state") == "stopped"
+
+
+def test_sigterm_finishes_the_step_in_flight(tmp_path, builtin_model_dir):
+    team = write_tiny_team(tmp_path, steps=10)
+    db_path = tmp_path / "runs" / "tiny" / "botlab.sqlite"
+    proc = launch("run", str(team), log=tmp_path / "run.log")
+    wait_for_phase(proc, db_path, "step 1/10: propose")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=600) == 0
+    assert last_step(db_path) == 1  # the step in flight was finished and committed, no further step began
+    check_run_invariants(db_path.parent)
+    assert read_kv(db_path, "daemon_state") == "stopped"
+    assert events(db_path, "restart") == []
+
+
+def test_second_sigterm_abandons_the_step(tmp_path, builtin_model_dir):
+    team = write_tiny_team(tmp_path, steps=10)
+    db_path = tmp_path / "runs" / "tiny" / "botlab.sqlite"
+    proc = launch("run", str(team), log=tmp_path / "run.log")
+    wait_for_phase(proc, db_path, "step 1/10: propose")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130
+    assert last_step(db_path) == 0  # abandoned: nothing of step 1 was committed
+    check_run_invariants(db_path.parent)
+    assert read_kv(db_path, "daemon_state") == "stopped"
+    assert any("abandoned" in m for m in events(db_path, "stop"))
