@@ -136,13 +136,15 @@ def entry_program(code: str) -> str:
     - Several top-level functions and none named f: the entry is ambiguous ("multiple_functions").
     - Top-level test scaffolding the model often appends (`print(f(3))`, `assert ...`, `result = f(5)`, an
       `if __name__ == "__main__":` block) is dropped: it is not the task, and the sandbox runs module-level code.
+    - Top-level functions and classes f never reaches are dropped: a small model pads its program with variants
+      it never calls, which lengthens every prompt that shows it and hides near duplicates from the reviewer.
     """
     tree = parse_module(code)
     functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     if not functions:
         raise CodeProblem("no_function", "the program defines no top-level function")
     if any(fn.name == "f" for fn in functions):
-        return _drop_scaffolding(code, tree, "f")
+        return _drop_unreachable(_drop_scaffolding(code, tree, "f"), "f")
     if len(functions) > 1:
         names = ", ".join(fn.name for fn in functions)
         raise CodeProblem("multiple_functions", f"several top-level functions ({names}) and none named f")
@@ -162,6 +164,31 @@ def _drop_scaffolding(code: str, tree: ast.Module, entry: str) -> str:
         return code
     kept = [line for n, line in enumerate(code.splitlines(), start=1) if n not in drop]
     return "\n".join(kept).rstrip()
+
+
+def _drop_unreachable(code: str, entry: str) -> str:
+    tree = ast.parse(code)
+    definitions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    # Names any kept statement mentions: f, and module-level code (constants, decorators) that may use a helper.
+    reached, todo = set(), [entry] + [name for n in tree.body if n not in definitions.values() for name in _names(n)]
+    while todo:
+        name = todo.pop()
+        if name in definitions and name not in reached:
+            reached.add(name)
+            todo += _names(definitions[name])
+    drop: set[int] = set()
+    for name, node in definitions.items():
+        if name not in reached:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            drop.update(range(first, (node.end_lineno or node.lineno) + 1))
+    if not drop:
+        return code
+    kept = [line for n, line in enumerate(code.splitlines(), start=1) if n not in drop]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
+
+
+def _names(node: ast.AST) -> list[str]:
+    return [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
 
 
 def _calls(node: ast.AST, name: str) -> bool:

@@ -241,6 +241,10 @@ class SchedulesConfig(Strict):
     eval_limit: int = Field(100, ge=1)
     checkpoint_every_steps: int = Field(10, ge=1, description="Hugging Face checkpoint every N steps")
     keep_checkpoints: int = Field(3, ge=1, description="older checkpoints are pruned")
+    keep_samples_steps: int = Field(
+        1000, ge=0, description="prompts and replies of the last N steps are kept in the store (older ones are "
+        "deleted, so the database stops growing on a run of weeks); 0 keeps all. Tasks and metrics are always kept"
+    )
 
     @field_validator("digest_every", "feedback_poll_every")
     @classmethod

@@ -21,6 +21,7 @@ from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
 from botlab.observability import MetricsSink
 from botlab.progress import RunProgress
+from botlab.resources import release_free_memory, usage
 from botlab.status import LOCK_NAME
 from botlab.store import Store, StoreError, open_store
 
@@ -219,6 +220,7 @@ class Daemon:
             label = f"step {step}/{last}"
             report = self.selfplay.run_step(step, on_phase=lambda phase: self._phase(side, label, phase))
             self._phase(side, label, "save")
+            release_free_memory()
             state = save_resume_state(team.run_dir, step, self.learner)
             checkpoint = None
             if step % team.schedules.checkpoint_every_steps == 0 or step == last:
@@ -226,11 +228,15 @@ class Daemon:
                                              team.schedules.keep_checkpoints)
                 report.timings["checkpoint"] = time.time() - started - sum(report.timings.values())
 
+            report.metrics |= usage(team.run_dir)
+
             def extra(db, state=state, checkpoint=checkpoint, step=step):
                 db.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
                            "SET value = excluded.value", (RESUME_KEY, json.dumps(str(state))))
                 if checkpoint is not None:
                     db.execute("UPDATE steps SET checkpoint = ? WHERE step = ?", (str(checkpoint), step))
+                if team.schedules.keep_samples_steps:
+                    db.execute("DELETE FROM samples WHERE step <= ?", (step - team.schedules.keep_samples_steps,))
 
             self.selfplay.commit(report, started, extra_writes=extra)
             prune_resume_states(team.run_dir, keep=state)

@@ -106,6 +106,15 @@ def test_proposal_keeps_helpers_beside_f(proposer):
     assert parsed.ok and parsed.program == program
 
 
+def test_proposal_drops_functions_f_never_reaches(proposer):
+    program = ("def f(a):\n    return helper(a) * 3\n\n\ndef helper(x):\n    return Box(x).v\n\n"
+               "class Box:\n    def __init__(self, v):\n        self.v = v\n\n"
+               "def f_variant(a, b):\n    return f(a * 3, b)\n\n@decorated\ndef f_other():\n    print('Hello')\n")
+    parsed = proposer.parse("deduction", fenced("python", program) + "\n" + fenced("input", "2"))
+    assert parsed.program == ("def f(a):\n    return helper(a) * 3\n\ndef helper(x):\n    return Box(x).v\n\n"
+                              "class Box:\n    def __init__(self, v):\n        self.v = v")
+
+
 @pytest.mark.parametrize(
     "text, reason",
     [

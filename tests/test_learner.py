@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from botlab.config import LoraConfig, ModelConfig, TrainConfig
-from botlab.selfplay.checkpoints import load_resume_state, save_checkpoint, save_resume_state
+from botlab.resources import folder_size
+from botlab.selfplay.checkpoints import load_resume_state, prune_resume_states, save_checkpoint, save_resume_state
 from botlab.selfplay.learner import Learner, Rollout
 from botlab.selfplay.trr import token_logprobs
 
@@ -78,10 +79,15 @@ def test_checkpoint_loads_in_transformers_and_resume_state_round_trips(tiny_dir,
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, ours(input_ids=ids).logits, atol=0.05)
     assert (folder / "botlab_state" / "learner.pt").is_file()
+    # The checkpoint shares the resume state's files (hard links), and survives the state's pruning.
+    assert (folder / "botlab_state" / "learner.pt").stat().st_ino == (state / "learner.pt").stat().st_ino
+    assert folder_size(tmp_path) < folder_size(state) + folder_size(folder / "botlab_state")
 
     # A fresh learner with the resume state continues exactly: same weights, same next update.
     resumed = Learner(tiny_dir, ModelConfig(), TrainConfig(lr=1e-2, bf16_autocast=False))
-    load_resume_state(state, resumed)
+    prune_resume_states(tmp_path, keep=tmp_path / "state" / "none")
+    assert not state.exists()
+    load_resume_state(folder / "botlab_state", resumed)
     r = rollout(learner, 1.0)
     learner.train_step([r])
     resumed.train_step([r])

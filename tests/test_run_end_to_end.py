@@ -19,7 +19,7 @@ def buffer_state(db_path: Path) -> list:
 
 @pytest.mark.slow
 def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
-    team = write_tiny_team(tmp_path)
+    team = write_tiny_team(tmp_path, keep_samples=1)
     first = botlab("run", str(team), "--steps", "1")
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "runs" / "tiny"
@@ -54,3 +54,11 @@ def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
     after = buffer_state(db_path)
     assert set(before) <= set(after)  # the resumed run started from exactly the committed buffers
     assert check_run_invariants(run_dir)["steps"] == 2
+    db = sqlite3.connect(db_path)
+    assert [s for (s,) in db.execute("SELECT DISTINCT step FROM samples")] == [2]  # keep_samples_steps: 1
+    resources = dict(db.execute("SELECT name, value FROM metrics WHERE step = 2 AND name LIKE 'process/%' "
+                                "OR step = 2 AND name LIKE 'disk/%'").fetchall())
+    db.close()
+    assert resources["process/rss_mb"] > 100 and resources["process/open_fds"] > 3
+    # the disk measure counts the run dir: the database, the checkpoint and the resume state (hard-linked once)
+    assert resources["disk/run_dir_mb"] > 500

@@ -47,10 +47,18 @@ def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resum
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     learner.save_pretrained(partial, tokenizer)
-    shutil.copytree(resume_state, partial / "botlab_state")
+    # Hard links: the resume state's files are never written again, and a copy would double the disk per checkpoint.
+    shutil.copytree(resume_state, partial / "botlab_state", copy_function=_link_or_copy)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
     checkpoints = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".partial"))
     for old in checkpoints[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dst)
