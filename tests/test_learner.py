@@ -95,6 +95,24 @@ def test_checkpoint_loads_in_transformers_and_resume_state_round_trips(tiny_dir,
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_makes_the_same_update(tiny_dir, lora):
+    model_cfg = ModelConfig(lora=LoraConfig(enabled=lora, r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)  # the same LoRA initialisation in both
+    plain = Learner(tiny_dir, model_cfg, TrainConfig(lr=1e-2, bf16_autocast=False))
+    torch.manual_seed(0)
+    recomputing = Learner(tiny_dir, model_cfg, TrainConfig(lr=1e-2, bf16_autocast=False, gradient_checkpointing=True))
+    assert recomputing.accelerator.unwrap_model(recomputing.model).is_gradient_checkpointing
+    r = rollout(plain, 1.0)
+    plain.train_step([r])
+    recomputing.train_step([r])
+    for (name, a), (_, b) in zip(plain.trainable_state().items(), recomputing.trainable_state().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    torch.manual_seed(0)
+    untrained = Learner(tiny_dir, model_cfg, TrainConfig()).trainable_state()
+    assert not torch.equal(plain.trainable_state()[name], untrained[name])  # the update did move the weights
+
+
 def test_checkpoints_are_pruned(tiny_dir, tmp_path):
     learner = Learner(tiny_dir, ModelConfig(), TrainConfig())
     state = save_resume_state(tmp_path, 1, learner)

@@ -56,6 +56,9 @@ class Learner:
         self.device = self.accelerator.device
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         model.config.use_cache = False
+        if train_cfg.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA) and with the transformers engine sharing this module.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lora = model_cfg.lora.enabled
         if self.lora:
             from peft import LoraConfig as PeftLora, get_peft_model
