@@ -1,6 +1,7 @@
 """Does a long run stay flat? Run a team for N steps and print memory, open files, threads, children and disk per step.
 
     python -m botlab.bench.soak teams/demo-cpu.yaml --steps 20 [--warmup 2] [--json]
+    python -m botlab.bench.soak teams/demo-cpu.yaml --run-dir DIR --report-only   # a run that already happened
 
 The numbers are the daemon's own `process/*` and `disk/*` metrics (botlab/resources.py), taken after each step's
 update. The baseline is the same process after its warm-up steps (allocator pools, compiled kernels and the first
@@ -63,16 +64,25 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2, help="steps before the baseline is taken")
     parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true", help="read the metrics of --run-dir, run nothing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     team = load_team(args.team)
     team.storage_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="botlab-soak-"))
-    code = run_team(team, steps=args.steps)
-    if code != 0:
-        return code
+    if args.report_only:
+        if not (team.run_dir / "botlab.sqlite").is_file():
+            print(f"error: --report-only: no run in {team.run_dir}")
+            return 2
+    else:
+        code = run_team(team, steps=args.steps)
+        if code != 0:
+            return code
     db = sqlite3.connect(team.run_dir / "botlab.sqlite")
     table = per_step(db)
+    if not table:
+        print(f"error: no step in {team.run_dir} recorded process metrics")
+        return 2
     result = {"steps": table, "summary": summarise(table, args.warmup)}
     if args.json:
         print(json.dumps(result))

@@ -34,6 +34,10 @@ class AlreadyRunning(Exception):
     pass
 
 
+class MissingState(Exception):
+    """The store says training went on, but the learner state it names is gone."""
+
+
 class DaemonLock:
     """One daemon per run dir: an exclusive lock on run_dir/daemon.lock, released by the OS if we die."""
 
@@ -145,8 +149,9 @@ class Daemon:
             side = SideLoop()
             self._build(side)
             return self._loop(side)
-        except ModelNotFound as err:
+        except (ModelNotFound, MissingState) as err:
             self.progress.note(f"error: {err}")
+            self.store.log_event("error", str(err), level="error")
             return EXIT_FAILED
         except KeyboardInterrupt:
             self.progress.note("stopped: the step in flight was abandoned (the last committed step is kept)")
@@ -176,7 +181,12 @@ class Daemon:
         model_dir = resolve_model(team.model.name)
         self.learner = Learner(model_dir, team.model, team.train)
         resume = self.store.get(RESUME_KEY)
-        if resume and Path(resume).is_dir():
+        if resume and not Path(resume).is_dir():
+            # Training on from the base weights would silently throw away every update so far.
+            raise MissingState(
+                f"the resume state of step {self.store.last_step()} is missing ({resume}); put it back, or point "
+                f"botlab at a new storage_dir (checkpoints/*/botlab_state hold older resume states)")
+        if resume:
             load_resume_state(Path(resume), self.learner)
             self.progress.note(f"resuming after step {self.store.last_step()} from {resume}")
         self.progress.phase("start", "starting the rollout engine")

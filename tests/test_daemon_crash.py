@@ -93,6 +93,15 @@ def test_sigterm_finishes_the_step_in_flight(tmp_path, builtin_model_dir):
     assert read_kv(db_path, "daemon_state") == "stopped"
     assert events(db_path, "restart") == []
 
+    # Without its resume state the team must not train on from the base weights: a clear error, nothing changed.
+    state = Path(read_kv(db_path, "resume_state"))
+    state.rename(state.with_name("moved-away"))
+    refused = botlab("run", str(team))
+    assert refused.returncode == 1
+    assert "is missing" in refused.stdout + refused.stderr
+    assert f"the resume state of step 1 is missing ({state})" in events(db_path, "error")[-1]
+    assert last_step(db_path) == 1
+
 
 def test_second_sigterm_abandons_the_step(tmp_path, builtin_model_dir):
     team = write_tiny_team(tmp_path, steps=10)

@@ -24,9 +24,20 @@ def save_resume_state(run_dir: Path, step: int, learner: Learner) -> Path:
     partial.mkdir(parents=True)
     torch.save(learner.trainable_state(), partial / "weights.pt")
     torch.save(learner.state_dict(), partial / "learner.pt")
+    for path in (partial / "weights.pt", partial / "learner.pt", partial):
+        _fsync(path)  # on disk before the step's commit names it
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
+    _fsync(folder.parent)
     return folder
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_resume_state(folder: Path, learner: Learner) -> None:
