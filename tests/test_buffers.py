@@ -46,6 +46,15 @@ def test_solver_batch_newest_first_then_uniform(tmp_path):
     assert len({t.id for t in batch}) == 3
 
 
+def test_small_buffer_fills_the_solver_batch_by_drawing_again(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    buffers = Buffers(store, SelfPlayConfig())
+    ids = fill(store, buffers, "deduction", [1, 2])
+    batch = buffers.solver_batch("deduction", 5, random.Random(0))
+    assert len(batch) == 5 and {t.id for t in batch} == set(ids)
+    assert buffers.solver_batch("induction", 5, random.Random(0)) == []  # an empty buffer gives nothing
+
+
 def test_references_are_distinct_and_induction_draws_programs(tmp_path):
     store = Store(tmp_path / "db.sqlite")
     buffers = Buffers(store, SelfPlayConfig())

@@ -45,7 +45,9 @@ class Buffers:
         return self._load([rng.choice(ids)], "induction")[0]
 
     def solver_batch(self, task_type: TaskType, size: int, rng: random.Random) -> list[Triplet]:
-        """The tasks added at the newest step first, then the rest uniformly."""
+        """The tasks added at the newest step first, then the rest uniformly. A buffer smaller than the batch is
+        drawn from again, so the batch keeps its size: TRR++ whitens rewards per task type and role, and one sample
+        per type (a young buffer) has no spread to learn from, while several attempts at one task do."""
         rows = self.store.query(
             "SELECT task_id, added_step FROM buffers WHERE task_type = ? ORDER BY added_step DESC, task_id DESC",
             (task_type,),
@@ -56,6 +58,7 @@ class Buffers:
         newest = [r["task_id"] for r in rows if r["added_step"] == newest_step][:size]
         rest = [r["task_id"] for r in rows if r["added_step"] != newest_step]
         chosen = newest + rng.sample(rest, min(size - len(newest), len(rest)))
+        chosen += rng.choices([r["task_id"] for r in rows], k=size - len(chosen))
         return self._load(chosen, task_type)
 
     def programs(self, task_type: TaskType) -> list[str]:
