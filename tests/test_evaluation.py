@@ -1,6 +1,7 @@
 """Held-out evaluation: data checks, answers verified in the real sandbox, and the CLI on the embedded model."""
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from botlab.agents.solver import Solver
 from botlab.cli import app
 from botlab.config import SelfPlayConfig
 from botlab.evaluation import EvalError, _check, load_problems
+from botlab.store import open_store
 
 PROBLEMS = [
     {"code": "def f(s):\n    return s[::-1] + 'x'", "input": "'abc'", "output": "'cbax'"},
@@ -62,8 +64,15 @@ def test_eval_command_on_the_embedded_model(tmp_path, data_file, builtin_model_d
     team = tmp_path / "team.yaml"
     team.write_text(f"name: ev\nstorage_dir: {tmp_path}\nmodel: {{engine: transformers}}\n"
                     "roles: {solver: {max_new_tokens: 24}}\n")
+    with open_store(tmp_path / "ev"):  # a run dir whose store exists: the result is recorded there
+        pass
     result = CliRunner().invoke(app, ["eval", str(team), "--suite", "cruxeval-o", "--data", str(data_file),
                                       "--limit", "2", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["problems"] == 2 and 0.0 <= info["score"] <= 1.0 and info["engine"] == "transformers"
+    # Self-play never sees eval programs: nothing of the eval lands in tasks, buffers or samples.
+    db = sqlite3.connect(tmp_path / "ev" / "botlab.sqlite")
+    assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("tasks", "buffers", "samples")] == [0, 0, 0]
+    assert db.execute("SELECT COUNT(*) FROM metrics WHERE name = 'eval/cruxeval-o'").fetchone()[0] == 1
+    db.close()
