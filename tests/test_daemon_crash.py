@@ -81,11 +81,17 @@ def test_kill_9_at_random_points_then_resume(tmp_path, builtin_model_dir):
     assert read_kv(db_path, "daemon_state") == "stopped"
 
 
-def test_sigterm_finishes_the_step_in_flight(tmp_path, builtin_model_dir):
+def running_step_one(tmp_path: Path):
+    """A tiny team's daemon, caught while it proposes in step 1."""
     team = write_tiny_team(tmp_path, steps=10)
     db_path = tmp_path / "runs" / "tiny" / "botlab.sqlite"
     proc = launch("run", str(team), log=tmp_path / "run.log")
     wait_for_phase(proc, db_path, "step 1/10: propose")
+    return team, db_path, proc
+
+
+def test_sigterm_finishes_the_step_in_flight(tmp_path, builtin_model_dir):
+    team, db_path, proc = running_step_one(tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=600) == 0
     assert last_step(db_path) == 1  # the step in flight was finished and committed, no further step began
@@ -104,10 +110,7 @@ def test_sigterm_finishes_the_step_in_flight(tmp_path, builtin_model_dir):
 
 
 def test_second_sigterm_abandons_the_step(tmp_path, builtin_model_dir):
-    team = write_tiny_team(tmp_path, steps=10)
-    db_path = tmp_path / "runs" / "tiny" / "botlab.sqlite"
-    proc = launch("run", str(team), log=tmp_path / "run.log")
-    wait_for_phase(proc, db_path, "step 1/10: propose")
+    team, db_path, proc = running_step_one(tmp_path)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
