@@ -332,6 +332,7 @@ class Daemon:
             new = load_team(self.team._source)
         except TeamFileError as err:
             self.progress.note(f"reload refused, the team file is not valid:\n{err}")
+            self.store.log_event("reload", f"refused, the team file is not valid: {err}", level="warning")
             return
         ignored = [k for k in ("name", "storage_dir", "model", "selfplay", "train", "executor", "goal")
                    if getattr(new, k) != getattr(self.team, k)]

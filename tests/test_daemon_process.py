@@ -1,4 +1,5 @@
-"""The daemon as a real process: kill -9 at random points loses and repeats nothing, and signals stop it cleanly."""
+"""The daemon as a real process: kill -9 at random points loses and repeats nothing, SIGTERM stops it cleanly, SIGHUP
+reloads what can be reloaded."""
 
 from __future__ import annotations
 
@@ -48,16 +49,20 @@ def kill_9(proc) -> None:
 
 def test_kill_9_at_random_points_then_resume(tmp_path, builtin_model_dir):
     steps = 4
-    team = write_tiny_team(tmp_path, steps=steps)
+    team = write_tiny_team(tmp_path, steps=steps, digest_every="5s")  # digests are written between the kills too
     run_dir = tmp_path / "runs" / "tiny"
     db_path = run_dir / "botlab.sqlite"
     log = tmp_path / "run.log"
     # One kill at a random moment (start-up, seeding or step 1), then two where state is written: after the resume
     # state is saved but before the step commits, and during an update after a resume.
     kill_points = [random.Random().uniform(0.5, 20.0), f"step 2/{steps}: save", f"step 3/{steps}: learn"]
-    for point in kill_points:
+    for n, point in enumerate(kill_points):
         committed = last_step(db_path)
+        if n == 1:  # feedback while no daemon runs: the command applies it
+            assert botlab("feedback", str(team), "/focus deduction").returncode == 0
         proc = launch("run", str(team), log=log)
+        if n == 2:  # feedback while the daemon runs: stored, applied at its next poll (or after the kill, by the next run)
+            assert botlab("feedback", str(team), "/difficulty +1").returncode == 0
         if isinstance(point, str):
             wait_for_phase(proc, db_path, point)
         else:
@@ -72,7 +77,8 @@ def test_kill_9_at_random_points_then_resume(tmp_path, builtin_model_dir):
     final = botlab("run", str(team))
     assert final.returncode == 0, log.read_text()[-3000:] + final.stdout + final.stderr
     assert "resuming after step 2" in final.stdout + final.stderr
-    assert check_run_invariants(run_dir)["steps"] == steps
+    counts = check_run_invariants(run_dir)
+    assert counts["steps"] == steps and counts["feedback"] == 2 and counts["digests"] >= 1
     # One optimizer update per committed step: no redone step was applied twice, none was skipped.
     state = torch.load(Path(read_kv(db_path, "resume_state")) / "learner.pt", weights_only=False)
     updates = {float(s["step"]) for s in state["optimizer"]["state"].values()}
@@ -119,3 +125,40 @@ def test_second_sigterm_abandons_the_step(tmp_path, builtin_model_dir):
     check_run_invariants(db_path.parent)
     assert read_kv(db_path, "daemon_state") == "stopped"
     assert any("abandoned" in m for m in events(db_path, "stop"))
+
+
+def test_sighup_reloads_schedules_and_names_what_it_refused(tmp_path, builtin_model_dir):
+    team, db_path, proc = running_step_one(tmp_path)
+    original = team.read_text()
+    team.write_text(original + "\nbogus_key: 1\n")
+    proc.send_signal(signal.SIGHUP)
+    refused = wait_for_event(proc, db_path, "reload")
+    assert "refused" in refused and "bogus_key" in refused
+
+    # A digest every second (reloadable) and a hotter solver (not reloadable while running).
+    changed = original.replace("digest_every: 1h", "digest_every: 1s")
+    changed = changed.replace("solver: {max_new_tokens: 32, prime_answer: true, temperature: 0.7}",
+                              "solver: {max_new_tokens: 32, prime_answer: true, temperature: 0.9}")
+    assert changed.count("1s") == 1 and "temperature: 0.9" in changed
+    team.write_text(changed)
+    proc.send_signal(signal.SIGHUP)
+    reloaded = wait_for_event(proc, db_path, "reload", after=refused)
+    assert reloaded.startswith("reloaded schedules") and "roles.solver" in reloaded and "selfplay" not in reloaded
+    deadline = time.monotonic() + 300
+    while not check_run_invariants(db_path.parent, after_crash=True)["digests"]:  # the new schedule is in force
+        assert time.monotonic() < deadline, "no digest after the schedule was reloaded"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=600) == 0
+
+
+def wait_for_event(proc, db_path: Path, kind: str, after: str | None = None, timeout: float = 300) -> str:
+    """The newest event of `kind` once there is one (newer than the message `after`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = events(db_path, kind)
+        if found and found[-1] != after:
+            return found[-1]
+        assert proc.poll() is None, f"the daemon exited ({proc.returncode}) before a {kind} event"
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} event in {timeout} s")
