@@ -136,8 +136,9 @@ def entry_program(code: str) -> str:
     - Several top-level functions and none named f: the entry is ambiguous ("multiple_functions").
     - Top-level test scaffolding the model often appends (`print(f(3))`, `assert ...`, `result = f(5)`, an
       `if __name__ == "__main__":` block) is dropped: it is not the task, and the sandbox runs module-level code.
-    - Top-level functions and classes f never reaches are dropped: a small model pads its program with variants
-      it never calls, which lengthens every prompt that shows it and hides near duplicates from the reviewer.
+    - Top-level functions and classes f never reaches are dropped, and so are definitions a later one of the same
+      name replaces: a small model pads its program with variants it never calls, which lengthens every prompt
+      that shows it and hides near duplicates from the reviewer.
     """
     tree = parse_module(code)
     functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
@@ -168,17 +169,21 @@ def _drop_scaffolding(code: str, tree: ast.Module, entry: str) -> str:
 
 def _drop_unreachable(code: str, entry: str) -> str:
     tree = ast.parse(code)
-    definitions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    # Names any kept statement mentions: f, and module-level code (constants, decorators) that may use a helper.
-    reached, todo = set(), [entry] + [name for n in tree.body if n not in definitions.values() for name in _names(n)]
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    all_definitions = [n for n in tree.body if isinstance(n, kinds)]
+    definitions = {n.name: n for n in all_definitions}  # a name defined twice: the last definition is what runs
+    # Names that code outside the definitions mentions (constants, decorators) are used, as is f.
+    outside = [name for n in tree.body if not isinstance(n, kinds) for name in _names(n)]
+    reached, todo = set(), [entry, *outside]
     while todo:
         name = todo.pop()
         if name in definitions and name not in reached:
             reached.add(name)
             todo += _names(definitions[name])
     drop: set[int] = set()
-    for name, node in definitions.items():
-        if name not in reached:
+    for node in all_definitions:
+        shadowed = definitions[node.name] is not node and node.name not in outside
+        if shadowed or node.name not in reached:
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             drop.update(range(first, (node.end_lineno or node.lineno) + 1))
     if not drop:

@@ -115,6 +115,14 @@ def test_proposal_drops_functions_f_never_reaches(proposer):
                               "class Box:\n    def __init__(self, v):\n        self.v = v")
 
 
+def test_proposal_keeps_only_the_definition_that_runs(proposer):
+    program = "def f(x):\n    return x * 5\ndef f(a):\n    return a + 5\n\ndef g(a):\n    return 1\ndef g(a):\n    return 2"
+    parsed = proposer.parse("deduction", fenced("python", program) + "\n" + fenced("input", "2"))
+    assert parsed.program == "def f(a):\n    return a + 5"  # Python runs the last f; no g is reached
+    kept = "def f(x):\n    return x\nold = f\ndef f(x):\n    return old(x) + 1"  # the first f is still used
+    assert proposer.parse("deduction", fenced("python", kept) + "\n" + fenced("input", "2")).program == kept
+
+
 @pytest.mark.parametrize(
     "text, reason",
     [
