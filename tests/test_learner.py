@@ -145,3 +145,13 @@ def test_tokens_the_loop_inserted_are_not_trained(tiny_dir):
     partly.train_mask = [1.0, 0.0, 0.0, 1.0]
     learner.train_step([partly])
     assert any(not torch.equal(before[n], p) for n, p in learner.trainable_state().items())
+
+
+def test_batches_come_in_few_shapes(tiny_dir):
+    """Every distinct input shape costs kernel memory that is never given back (bf16 on CPU): widths are rounded."""
+    learner = Learner(tiny_dir, ModelConfig(), TrainConfig())
+    shapes = set()
+    for prompt, completion in [(5, 3), (40, 17), (61, 2), (100, 30), (90, 41)]:
+        batch = learner._pack([Rollout([1] * prompt, [2] * completion, [0.0] * completion, 1.0, 1.0)])
+        shapes.add((batch.ids.shape[1], batch.tail))
+    assert shapes == {(64, 63), (192, 64)}
