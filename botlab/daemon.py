@@ -238,6 +238,7 @@ class Daemon:
                                              team.schedules.keep_checkpoints)
                 report.timings["checkpoint"] = time.time() - started - sum(report.timings.values())
 
+            release_free_memory()  # what the checkpoint's save freed, so the metric shows what the daemon holds
             report.metrics |= usage(team.run_dir)
 
             def extra(db, state=state, checkpoint=checkpoint, step=step):
