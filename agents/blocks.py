@@ -161,10 +161,7 @@ def _drop_scaffolding(code: str, tree: ast.Module, entry: str) -> str:
         calls_entry = isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and _calls(node, entry)
         if (isinstance(node, (ast.Expr, ast.Assert)) and not docstring) or main_guard or calls_entry:
             drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-    if not drop:
-        return code
-    kept = [line for n, line in enumerate(code.splitlines(), start=1) if n not in drop]
-    return "\n".join(kept).rstrip()
+    return _without_lines(code, drop).rstrip() if drop else code
 
 
 def _drop_unreachable(code: str, entry: str) -> str:
@@ -186,10 +183,11 @@ def _drop_unreachable(code: str, entry: str) -> str:
         if shadowed or node.name not in reached:
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             drop.update(range(first, (node.end_lineno or node.lineno) + 1))
-    if not drop:
-        return code
-    kept = [line for n, line in enumerate(code.splitlines(), start=1) if n not in drop]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
+    return re.sub(r"\n{3,}", "\n\n", _without_lines(code, drop)).strip("\n") if drop else code
+
+
+def _without_lines(code: str, drop: set[int]) -> str:
+    return "\n".join(line for n, line in enumerate(code.splitlines(), start=1) if n not in drop)
 
 
 def _names(node: ast.AST) -> list[str]:

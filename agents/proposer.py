@@ -24,8 +24,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from botlab.agents.blocks import Blocks, CodeProblem, answer_region, check_arguments, defines_function, entry_program
-from botlab.agents.blocks import split_blocks
+from botlab.agents.blocks import Block, Blocks, CodeProblem, answer_region, check_arguments, defines_function
+from botlab.agents.blocks import entry_program, split_blocks
 from botlab.agents.priming import Segment
 from botlab.agents.prompts import chat, load_prompts, render
 from botlab.config import TASK_TYPES, SelfPlayConfig, TaskType
@@ -192,7 +192,11 @@ def _code_blocks(blocks: Blocks) -> list[str]:
 
 
 def _input_blocks(blocks: Blocks) -> list[str]:
-    return [b.text for b in blocks.blocks if b.kind == "input" or (b.kind == "" and not defines_function(b.text))]
+    return [b.text for b in blocks.blocks if _is_input(b)]
+
+
+def _is_input(block: Block) -> bool:
+    return block.kind == "input" or (block.kind == "" and not defines_function(block.text))
 
 
 def _induction_inputs(blocks: Blocks) -> list[str | None]:
@@ -203,7 +207,7 @@ def _induction_inputs(blocks: Blocks) -> list[str | None]:
         lines = [line for line in b.text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         if b.kind in ("python", "", "input") and lines and all(_CALL_LINE.match(line) for line in lines):
             found += [_call_arguments(line) for line in lines]
-        elif b.kind == "input" or (b.kind == "" and not defines_function(b.text)):
+        elif _is_input(b):
             found.append(b.text)
     return found
 

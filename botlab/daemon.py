@@ -230,7 +230,6 @@ class Daemon:
             label = f"step {step}/{last}"
             report = self.selfplay.run_step(step, on_phase=lambda phase: self._phase(side, label, phase))
             self._phase(side, label, "save")
-            release_free_memory()
             state = save_resume_state(team.run_dir, step, self.learner)
             checkpoint = None
             if step % team.schedules.checkpoint_every_steps == 0 or step == last:
@@ -238,7 +237,7 @@ class Daemon:
                                              team.schedules.keep_checkpoints)
                 report.timings["checkpoint"] = time.time() - started - sum(report.timings.values())
 
-            release_free_memory()  # what the checkpoint's save freed, so the metric shows what the daemon holds
+            release_free_memory()  # what the update and the saves freed: the metric shows what the daemon holds
             report.metrics |= usage(team.run_dir)
 
             def extra(db, state=state, checkpoint=checkpoint, step=step):
@@ -246,8 +245,6 @@ class Daemon:
                            "SET value = excluded.value", (RESUME_KEY, json.dumps(str(state))))
                 if checkpoint is not None:
                     db.execute("UPDATE steps SET checkpoint = ? WHERE step = ?", (str(checkpoint), step))
-                if team.schedules.keep_samples_steps:
-                    db.execute("DELETE FROM samples WHERE step <= ?", (step - team.schedules.keep_samples_steps,))
 
             self.selfplay.commit(report, started, extra_writes=extra)
             prune_resume_states(team.run_dir, keep=state)

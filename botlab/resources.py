@@ -1,7 +1,7 @@
 """What the daemon holds: memory, open files, threads, child processes and disk, recorded every step.
 
 A run lasts days; these numbers (metrics `process/*` and `disk/*`) are how a slow leak shows up, in TensorBoard,
-`botlab status` and the soak benchmark (bench/soak.py).
+metrics.jsonl and the soak benchmark (bench/soak.py).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from functools import cache
 from pathlib import Path
 
 import psutil
@@ -51,9 +52,13 @@ def folder_size(folder: Path) -> int:
 
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS only ever grows)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig), or None on other C libraries."""
     name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    libc = ctypes.CDLL(name)
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None

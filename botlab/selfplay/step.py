@@ -51,7 +51,7 @@ class Sample:
     answer: object = None  # the solver's parsed answer, once checked
     prefix: str = ""  # the primed opening of the reply (part of the prompt, not of the sampled tokens)
     train_mask: list[float] | None = None  # 0 on completion tokens the loop inserted
-    suffix: str = ""  # the stop string that ended the reply, cut by the engine
+    suffix: str = ""  # the closing of the reply's last part, when the model reached its stop string
 
     @property
     def text(self) -> str:
@@ -174,7 +174,8 @@ class SelfPlay:
         return report
 
     def commit(self, report: StepReport, started_at: float, extra_writes: Callable | None = None) -> None:
-        """Write the whole step in one transaction: tasks, buffers, samples, metrics and the step row."""
+        """Write the whole step in one transaction: tasks, buffers, samples (dropping those older than
+        schedules.keep_samples_steps), metrics and the step row."""
         proposals, solutions = report.proposals, report.solutions
         now = time.time()
         with self.store.transaction() as db:
@@ -196,6 +197,9 @@ class SelfPlay:
                 (report.step, started_at, now, self.engine.weight_version, json.dumps(report.timings),
                  json.dumps(report.summary)),
             )
+            keep = self.team.schedules.keep_samples_steps
+            if keep:
+                db.execute("DELETE FROM samples WHERE step <= ?", (report.step - keep,))
             if extra_writes is not None:
                 extra_writes(db)
 
