@@ -90,14 +90,15 @@ class Proposer:
                 program=references[0].program,
                 n=self.cfg.induction_inputs,
                 visible=self.cfg.induction_visible,
+                difficulty=self.prompts["induction_difficulty_lines"].get(curriculum.difficulty_for(task_type), ""),
             )
         else:
             user = render(
                 self.prompts["program"],
                 task=self.prompts["program_task"][task_type],
                 goal=self.goal,
-                focus=", ".join(curriculum.focus),
-                difficulty=self.prompts["difficulty_lines"].get(curriculum.difficulty, ""),
+                focus=", ".join(curriculum.topics),
+                difficulty=self.prompts["difficulty_lines"].get(curriculum.difficulty_for(task_type), ""),
                 references=[r for r in references if r.inputs and r.outputs],
             )
         return chat(self.prompts["system"], user)

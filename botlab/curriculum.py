@@ -5,8 +5,8 @@ Feedback changes it only through the closed set of directives below. Recipients,
 paths are not in that set, so no message can touch them.
 
 Simple commands work without a model (`/focus abduction`, `/weights deduction=2`, `/pause`, ...); plain words are
-turned into directives by the reporter model (validated with `validate_directives`) or, without one, by
-`interpret_keywords`, which recognises only a few unambiguous phrases.
+turned into directives by the reporter model (validated with `validate_directives`) or, without one (or when it
+fails), by the phrase grammar in `botlab.phrases`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from botlab.config import TASK_TYPES, TaskType
 from botlab.store import Store
 
 KV_KEY = "curriculum"
-FOCUS_WEIGHT = 3.0  # "/focus abduction": that type gets this weight, the others 1
+FOCUS_WEIGHT = 3.0  # "/focus abduction": that type's weight is raised to at least this; the others keep theirs
 MAX_FOCUS = 8
 MAX_RULES = 10
 
@@ -35,8 +35,20 @@ class Curriculum(BaseModel):
     )
     focus: list[str] = Field(default_factory=list, description="topics/keywords the proposer is asked to work on")
     difficulty: int = Field(0, ge=-3, le=3, description="harder (+) / easier (-) nudges for the proposer")
+    type_difficulty: dict[TaskType, int] = Field(
+        default_factory=dict, description="per task type, added to `difficulty` (\"deduction is too easy\")"
+    )
     reviewer_rules: list[str] = Field(default_factory=list, description="extra rules for the reviewer")
     paused: bool = False
+
+    def difficulty_for(self, task_type: TaskType) -> int:
+        """The difficulty nudge the proposer gets for this task type (-3 .. 3)."""
+        return max(-3, min(3, self.difficulty + self.type_difficulty.get(task_type, 0)))
+
+    @property
+    def topics(self) -> list[str]:
+        """The focus topics that are not task types (a focused task type shows in its weight instead)."""
+        return [f for f in self.focus if f.lower() not in TASK_TYPES]
 
 
 def load_curriculum(store: Store) -> Curriculum:
@@ -85,10 +97,12 @@ class ClearFocus(_Directive):
 
 class Harder(_Directive):
     kind: Literal["harder"] = "harder"
+    task_type: TaskType | None = Field(None, description="only this task type; None: all of them")
 
 
 class Easier(_Directive):
     kind: Literal["easier"] = "easier"
+    task_type: TaskType | None = Field(None, description="only this task type; None: all of them")
 
 
 class ReviewerRule(_Directive):
@@ -182,20 +196,36 @@ def apply_directive(curriculum: Curriculum, directive: Directive) -> tuple[Curri
         case Focus(topics=topics):
             known, added = {f.lower() for f in c.focus}, []
             for topic in topics:
+                topic = topic.lower() if topic.lower() in TASK_TYPES else topic
                 if topic.lower() not in known:
                     known.add(topic.lower())
                     added.append(topic)
             c.focus = (c.focus + added)[-MAX_FOCUS:]
-            return c, f"focus on {', '.join(added)}" if added else ""
+            # A focused task type gets a larger share; the other types keep their weights.
+            raised = {t: FOCUS_WEIGHT for t in TASK_TYPES if t in {x.lower() for x in topics}
+                      and c.task_weights.get(t, 1.0) < FOCUS_WEIGHT}
+            said = [f"focus on {', '.join(added)}"] if added else []
+            if raised:
+                c, weights = apply_directive(c, SetWeights(weights=raised))
+                said.append(weights)
+            return c, "; ".join(said)
         case ClearFocus():
             c.focus = []
             return c, "focus topics cleared" if curriculum.focus else ""
-        case Harder() | Easier():
+        case Harder(task_type=None) | Easier(task_type=None):
             step = 1 if isinstance(directive, Harder) else -1
             c.difficulty = max(-3, min(3, c.difficulty + step))
             if c.difficulty == curriculum.difficulty:
                 return c, ""
             return c, f"difficulty {curriculum.difficulty:+d} -> {c.difficulty:+d}"
+        case Harder(task_type=t) | Easier(task_type=t):
+            step = 1 if isinstance(directive, Harder) else -1
+            before = c.difficulty_for(t)
+            after = max(-3, min(3, before + step))
+            if after == before:
+                return c, ""
+            c.type_difficulty = dict(c.type_difficulty) | {t: after - c.difficulty}
+            return c, f"{t} difficulty {before:+d} -> {after:+d}"
         case ReviewerRule(rule=rule):
             if rule in c.reviewer_rules:
                 return c, ""
@@ -286,14 +316,7 @@ def _focus(args: str) -> list[Directive]:
         raise ValueError("say what to focus on, e.g. /focus abduction or /focus string manipulation")
     if len(parts) == 1 and parts[0].lower() == "clear":
         return [ClearFocus()]
-    types = [p.lower() for p in parts if p.lower() in TASK_TYPES]
-    topics = [p for p in parts if p.lower() not in TASK_TYPES]
-    out: list[Directive] = []
-    if types:
-        out.append(SetWeights(weights={t: FOCUS_WEIGHT if t in types else 1.0 for t in TASK_TYPES}))
-    if topics:
-        out.append(_checked(Focus, topics=topics))
-    return out
+    return [_checked(Focus, topics=parts)]
 
 
 def _weights(args: str) -> SetWeights:
@@ -310,35 +333,3 @@ def _weights(args: str) -> SetWeights:
         except ValueError:
             raise ValueError(f"{pair!r}: {value!r} is not a number") from None
     return _checked(SetWeights, weights=weights)
-
-
-# --- plain words without a model -------------------------------------------------------------------------------------
-
-_NEGATED = re.compile(r"\b(?:don'?t|do not|not|no|never|stop)\s+(?:\w+\s+)?$", re.IGNORECASE)
-
-
-def _said(pattern: str, text: str) -> bool:
-    """True when the phrase occurs and is not negated just before ("don't pause")."""
-    for match in re.finditer(pattern, text, re.IGNORECASE):
-        if not _NEGATED.search(text[: match.start()]):
-            return True
-    return False
-
-
-def interpret_keywords(text: str) -> list[Directive]:
-    """A few unambiguous phrases, for teams without a reporter model. Anything else is left alone."""
-    out: list[Directive] = []
-    types = [t for t in TASK_TYPES if _said(rf"\b(?:focus on|more)\s+(?:the\s+)?{t}\b", text)]
-    if types:
-        out.append(SetWeights(weights={t: FOCUS_WEIGHT if t in types else 1.0 for t in TASK_TYPES}))
-    harder = _said(r"\b(?:too easy|harder|more difficult)\b", text)
-    easier = _said(r"\b(?:too hard|too difficult|easier)\b", text)
-    if harder != easier:
-        out.append(Harder() if harder else Easier())
-    if _said(r"\bpause\b", text):
-        out.append(Pause())
-    elif _said(r"\b(?:resume|unpause)\b", text):
-        out.append(Resume())
-    if _said(r"\b(?:digest now|send (?:me )?a digest|send (?:me )?an update)\b", text):
-        out.append(DigestNow())
-    return out

@@ -12,10 +12,10 @@ import time
 from typing import Any, Callable
 
 from botlab.curriculum import (
-    DigestNow, apply_directive, interpret_keywords, load_curriculum, parse_commands, save_curriculum,
-    validate_directives,
+    Curriculum, DigestNow, apply_directive, load_curriculum, parse_commands, save_curriculum, validate_directives,
 )
 from botlab.notifiers.replies import Incoming
+from botlab.phrases import read_phrases
 from botlab.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,16 @@ def apply_pending(store: Store, interpreter: Interpreter | None = None) -> list[
 
 
 def apply_one(store: Store, feedback_id: int, text: str, interpreter: Interpreter | None) -> str:
+    """Apply one stored message; the answer says what changed and asks about what was not understood."""
     parsed = parse_commands(text)
     directives, notes = list(parsed.directives), list(parsed.problems)
+    questions: list[str] = []
     if parsed.plain_words:
-        read, read_notes = _read_plain_words(parsed.plain_words, load_curriculum(store).model_dump(), interpreter,
-                                             had_commands=bool(directives))
+        # The words are read against the curriculum as the message's commands leave it ("/weights ... less induction").
+        after_commands = load_curriculum(store)
+        for directive in directives:
+            after_commands, _ = apply_directive(after_commands, directive)
+        read, read_notes, questions = _read_plain_words(parsed.plain_words, after_commands, interpreter)
         directives += read
         notes += read_notes
     # The model call is done; now change the curriculum and the feedback row together.
@@ -66,27 +71,29 @@ def apply_one(store: Store, feedback_id: int, text: str, interpreter: Interprete
             if isinstance(directive, DigestNow):
                 store.put(DIGEST_REQUESTED_KEY, True)
         save_curriculum(store, curriculum)
-        response = "; ".join(changes + notes) or "nothing to change was found in this message"
+        response = "; ".join(changes + notes + [f"question: {q}" for q in questions])
+        response = response or "nothing to change was found in this message"
+        status = "applied" if changes else "question" if questions else "ignored"
         store.db.execute(
             "UPDATE feedback SET status = ?, directives = ?, response = ? WHERE id = ?",
-            ("applied" if changes else "ignored", json.dumps([d.model_dump() for d in directives]), response,
-             feedback_id),
+            (status, json.dumps([d.model_dump() for d in directives]), response, feedback_id),
         )
     log.info("feedback #%d: %s", feedback_id, response)
     return response
 
 
-def _read_plain_words(text: str, curriculum: dict, interpreter: Interpreter | None,
-                      had_commands: bool) -> tuple[list, list[str]]:
-    """The model reads plain words; without one (or if it fails) a few keywords are recognised."""
+def _read_plain_words(text: str, curriculum: Curriculum, interpreter: Interpreter | None
+                      ) -> tuple[list, list[str], list[str]]:
+    """(directives, notes, questions). The model reads plain words; without one, or when it fails or finds nothing
+    valid, the phrase grammar (botlab.phrases) does."""
+    notes: list[str] = []
     if interpreter is not None:
         try:
-            return validate_directives(interpreter(text, curriculum))
+            found, notes = validate_directives(interpreter(text, curriculum.model_dump()))
+            if found:
+                return found, notes, []
         except Exception as err:
             log.warning("the reporter model could not read feedback: %s", err)
-            notes = [f"the model could not read the words ({type(err).__name__}); keywords were used"]
-            return interpret_keywords(text), notes
-    found = interpret_keywords(text)
-    if found or had_commands:
-        return found, []
-    return [], ["without a reporter model only commands and a few phrases are understood; see the commands"]
+            notes = [f"the model could not read the words ({type(err).__name__}); the phrase grammar was used"]
+    reading = read_phrases(text, curriculum)
+    return reading.directives, notes, reading.questions

@@ -1,4 +1,5 @@
-"""Feedback -> curriculum: commands, the closed directive set, keywords, and applying messages from the store."""
+"""Feedback -> curriculum: commands, the closed directive set, and applying messages from the store.
+The phrase grammar for plain words has its own table in tests/test_feedback_phrases.py."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import pytest
 
 from botlab.agents.reporter import InterpretError, parse_directive_list
 from botlab.curriculum import (
-    Curriculum, DigestNow, Easier, Focus, Harder, Pause, ReviewerRule, SetWeights, apply_directive, interpret_keywords,
-    load_curriculum, parse_commands, save_curriculum, validate_directives,
+    Curriculum, Easier, Focus, Harder, Pause, ReviewerRule, SetWeights, apply_directive, load_curriculum,
+    parse_commands, save_curriculum, validate_directives,
 )
 from botlab.notifiers.feedback import DIGEST_REQUESTED_KEY, apply_pending, record
 from botlab.notifiers.replies import Incoming
 from botlab.store import Store
 
-FOCUS_ABDUCTION = SetWeights(weights={"deduction": 1.0, "abduction": 3.0, "induction": 1.0})
+FOCUS_ABDUCTION = Focus(topics=["abduction"])
 
 
 @pytest.mark.parametrize(("text", "directives", "plain"), [
@@ -21,7 +22,7 @@ FOCUS_ABDUCTION = SetWeights(weights={"deduction": 1.0, "abduction": 3.0, "induc
     ("/pause", [Pause()], ""),
     ("/harder /easier", [Harder(), Easier()], ""),
     ("/weights deduction=2 induction:0.5", [SetWeights(weights={"deduction": 2, "induction": 0.5})], ""),
-    ("/focus string manipulation, abduction", [FOCUS_ABDUCTION, Focus(topics=["string manipulation"])], ""),
+    ("/focus string manipulation, abduction", [Focus(topics=["string manipulation", "abduction"])], ""),
     ("/rule no identity functions\nthanks!", [ReviewerRule(rule="no identity functions")], "thanks!"),
     ("Nice work.\n/HARDER", [Harder()], "Nice work."),
     ("see https://example.test/pause", [], "see https://example.test/pause"),  # a URL is not a command
@@ -64,28 +65,25 @@ def test_only_the_closed_set_passes_validation():
 
 def test_applying_directives_says_what_changed():
     c = Curriculum()
+    c, said = apply_directive(c, SetWeights(weights={"deduction": 2.0}))
     c, said = apply_directive(c, FOCUS_ABDUCTION)
-    assert said == "task weights abduction 1 -> 3"
+    assert said == "focus on abduction; task weights abduction 1 -> 3"
+    assert c.task_weights == {"deduction": 2.0, "abduction": 3.0, "induction": 1.0}  # the others keep theirs
+    assert c.focus == ["abduction"] and c.topics == []  # a task type is not a topic for the proposer prompt
     assert apply_directive(c, FOCUS_ABDUCTION)[1] == ""  # no change the second time
+    c, said = apply_directive(c, Harder(task_type="deduction"))
+    assert said == "deduction difficulty +0 -> +1" and c.difficulty == 0
+    assert [c.difficulty_for(t) for t in ("deduction", "abduction", "induction")] == [1, 0, 0]
+    c, said = apply_directive(c, Easier())
+    assert said == "difficulty +0 -> -1" and [c.difficulty_for(t) for t in ("deduction", "abduction")] == [0, -1]
+    c, _ = apply_directive(c, Harder())
     off = SetWeights(weights={"deduction": 0, "abduction": 0, "induction": 0})
     assert apply_directive(c, off) == (c, "ignored weights: every task type would be switched off")
     for _ in range(5):
         c, _ = apply_directive(c, Harder())
     assert c.difficulty == 3  # clamped
     c, said = apply_directive(c, Focus(topics=["strings", "Strings", "lists"]))
-    assert c.focus == ["strings", "lists"] and said == "focus on strings, lists"
-
-
-@pytest.mark.parametrize(("text", "directives"), [
-    ("Focus on abduction, the string tasks are too easy", [FOCUS_ABDUCTION, Harder()]),
-    ("this is too hard for it", [Easier()]),
-    ("please pause for now", [Pause()]),
-    ("don't pause, it is going well", []),
-    ("too easy and too hard at once", []),  # contradictory: nothing
-    ("send me a digest now", [DigestNow()]),
-])
-def test_keywords_without_a_model(text, directives):
-    assert interpret_keywords(text) == directives
+    assert c.focus == ["abduction", "strings", "lists"] and said == "focus on strings, lists"
 
 
 @pytest.fixture
@@ -103,10 +101,9 @@ def test_messages_are_stored_once_and_applied_in_order(store):
     assert apply_pending(store) == [1, 2, 3]
     assert apply_pending(store) == []
     rows = {r["id"]: r for r in store.query("SELECT * FROM feedback")}
-    assert rows[1]["response"] == "task weights abduction 1 -> 3; training paused"
+    assert rows[1]["response"] == "focus on abduction; task weights abduction 1 -> 3; training paused"
     assert rows[2]["response"] == "training resumed; a digest will be sent now"
-    assert (rows[3]["status"], rows[3]["response"]) == (
-        "ignored", "without a reporter model only commands and a few phrases are understood; see the commands")
+    assert (rows[3]["status"], rows[3]["response"]) == ("ignored", "nothing to change was found in this message")
     curriculum = load_curriculum(store)
     assert curriculum.task_weights["abduction"] == 3 and not curriculum.paused
     assert store.get(DIGEST_REQUESTED_KEY) is True

@@ -120,7 +120,7 @@ async def test_a_reply_changes_the_curriculum_and_the_next_digest_says_so(report
     [raw] = await mail_env.dovecot.wait_for_messages(mail_env.human, 1)
     digest = message_from_bytes(raw, policy=policy.default)
 
-    body = "Looks good. Focus on abduction, the string tasks are too easy.\n/rule no identity functions"
+    body = "Looks good. Focus on abduction, the tasks are too easy.\n/rule no identity functions"
     await send_as(mail_env, reply_to(digest, mail_env.human, body), mail_env.human)
     await wait_for_feedback(reporter, store, 1)
 
@@ -135,7 +135,7 @@ async def test_a_reply_changes_the_curriculum_and_the_next_digest_says_so(report
     second = await reporter.send_digest("test")
     messages = await mail_env.dovecot.wait_for_messages(mail_env.human, 2)
     text = message_from_bytes(messages[1], policy=policy.default).get_body(("plain",)).get_content()
-    assert "Focus on abduction, the string tasks are too easy" in text
+    assert "Focus on abduction, the tasks are too easy" in text
     assert "task weights abduction 1 -> 3" in text and "difficulty +0 -> +1" in text
     assert store.scalar("SELECT reported_in FROM feedback") == second
 
