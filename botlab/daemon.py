@@ -110,12 +110,16 @@ class SideLoop:
 
 
 def run_team(team: TeamConfig, steps: int | None = None) -> int:
+    from botlab.selfplay.distributed import follow, launch_rank, release_followers
+
+    if launch_rank() > 0:  # torchrun / accelerate launch: rank 0 is the daemon, the others train their share
+        return follow(team)
     run_dir = team.run_dir
     try:
         with DaemonLock(run_dir):
             _setup_logging(run_dir)
             with open_store(run_dir) as store:
-                return Daemon(team, store, steps).run()
+                return release_followers(Daemon(team, store, steps).run())
     except AlreadyRunning as err:
         logging.getLogger("botlab").error("%s", err)
         print(f"error: {err}")
@@ -173,6 +177,7 @@ class Daemon:
         from botlab.notifiers.service import Reporter
         from botlab.sandbox import Executor
         from botlab.selfplay.checkpoints import RESUME_KEY, load_resume_state
+        from botlab.selfplay.distributed import lead
         from botlab.selfplay.learner import Learner
         from botlab.selfplay.step import SelfPlay
 
@@ -189,6 +194,7 @@ class Daemon:
         if resume:
             load_resume_state(Path(resume), self.learner)
             self.progress.note(f"resuming after step {self.store.last_step()} from {resume}")
+        self.learner = lead(self.learner, resume, self.store.last_step())  # the follower ranks of a launch, if any
         self.progress.phase("start", "starting the rollout engine")
         shared = self.learner.accelerator.unwrap_model(self.learner.model)
         self.engine, why = create_engine(team.model, model_dir, learner_model=shared)
@@ -258,27 +264,35 @@ class Daemon:
         return EXIT_OK
 
     def _evaluate_if_due(self, step: int, side: SideLoop) -> None:
-        """The periodic held-out evaluation, on the in-process engine; a bad eval setting never stops training."""
-        from botlab.evaluation import EvalError, evaluate, load_problems, record
-
         every = self.team.schedules.eval_every_steps
-        if not every or step % every:
-            return
+        if every and step % every == 0:
+            self._evaluate(step, side)
+
+    def _evaluate(self, step: int, side: SideLoop) -> None:
+        """The periodic held-out evaluation, on the in-process engine; a bad eval setting never stops training."""
+        from botlab.evaluation import EvalError, describe, record, run_suite
+
         schedules = self.team.schedules
-        self._phase(side, f"step {step}", f"eval {schedules.eval_suite}")
-        try:
-            data = self.team.resolve_path(schedules.eval_data) if schedules.eval_data else None
-            problems = load_problems(schedules.eval_suite, data, schedules.eval_limit)
-        except EvalError as err:
-            self.store.log_event("error", f"periodic eval skipped: {err}", level="error")
-            return
-        result = evaluate(self.engine, self.executor, self.team, schedules.eval_suite, problems)
-        record(self.store, result)
-        self.metrics.write(step, {f"eval/{result.suite}": result.score})
-        self.progress.note(f"eval {result.suite} at step {step}: pass@1 {result.score:.3f} ± {result.ci95:.3f}")
+        data = self.team.resolve_path(schedules.eval_data) if schedules.eval_data else None
+        for suite in schedules.eval_suites:
+            self._phase(side, f"step {step}", f"eval {suite}")
+            try:
+                results = run_suite(self.engine, self.executor, self.team, suite, data=data,
+                                    limit=schedules.eval_limit, store=self.store)
+            except EvalError as err:
+                self.store.log_event("error", f"periodic eval skipped: {err}", level="error")
+                continue
+            for result in results:
+                record(self.store, result, step)
+                self.metrics.write(step, {f"eval/{result.suite}": result.score,
+                                          f"eval_ci95/{result.suite}": result.ci95})
+                self.progress.note(f"eval at step {step}: {describe(result)}")
 
     def _seed(self, side: SideLoop) -> None:
-        """Gather the seed set with the untrained policy, as AZR does, in bounded rounds."""
+        """Gather the seed set with the untrained policy, as AZR does, in bounded rounds; once per run (a resume
+        never seeds again). The held-out split then gets its first score: the start of the learning curve."""
+        if self.store.get("seeding_done") or self.store.last_step() > 0:
+            return
         rounds = 0
         while self.selfplay.needs_seeding() and not self.stop.requested:
             if rounds >= self.team.selfplay.seed_max_rounds:
@@ -291,6 +305,11 @@ class Daemon:
             outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
             self.progress.note(f"seed round {rounds}: buffers {sizes}; proposals: {outcome}")
             self._tick(side)
+        if self.stop.requested:
+            return
+        self.store.put("seeding_done", True)
+        if self.team.schedules.eval_every_steps:
+            self._evaluate(0, side)
 
     def _wait_while_paused(self, side: SideLoop) -> bool:
         """Hold while feedback paused the team; True if a stop arrived meanwhile."""

