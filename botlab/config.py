@@ -231,6 +231,10 @@ class SelfPlayConfig(Strict):
     solve_batch: int = Field(64, ge=1, description="solver tasks per task type per step (AZR: 64)")
     references: int = Field(6, ge=0, description="K reference triplets shown to the proposer (AZR io_n: 6)")
     learnability_rollouts: int = Field(8, ge=2, description="n solver samples per proposal for 1 - solve rate")
+    solver_samples: int = Field(
+        1, ge=1, description="answers sampled (and trained) per solver task (AZR: 1). More gives TRR++ several tries "
+        "at one task, so a small model meets more of its own correct answers, for more sequences to train"
+    )
     seed_size: int = Field(256, ge=1, description="buffer size per type gathered (no updates) before training")
     seed_max_rounds: int = Field(
         50, ge=0, description="seeding gives up after this many propose rounds and trains with what it has"
@@ -378,7 +382,7 @@ class SchedulesConfig(Strict):
 
 
 class ConsoleNotifier(Strict):
-    enabled: bool = Field(True, description="print a line per digest and write it to RUN_DIR/digests/ (.html/.txt/.eml)")
+    enabled: bool = Field(True, description="print a line per digest and write it to RUN_DIR/digests/ as files")
 
 
 EmailAddress = Annotated[str, AfterValidator(addresses.email_address)]

@@ -62,7 +62,35 @@ def load_team(path: str | Path) -> TeamConfig:
         found = sorted((_problem(e, lines) for e in err.errors()), key=lambda p: (p.line or 0, p.path))
         raise TeamFileError(file, found) from None
     team._source = file.resolve()
+    missing = _missing_files(team, lines)
+    if missing:
+        raise TeamFileError(file, missing)
     return team
+
+
+def _missing_files(team: TeamConfig, lines: dict[tuple, int]) -> list[Problem]:
+    """Files the team file names that are not there (relative paths are relative to the file)."""
+    email = team.notifiers.email
+    if email is None or email.ca_file is None or team.resolve_path(email.ca_file).is_file():
+        return []
+    loc = ("notifiers", "email", "ca_file")
+    return [Problem(lines.get(loc), ".".join(loc), f"{team.resolve_path(email.ca_file)} is not a file")]
+
+
+def secret_problems(team: TeamConfig) -> list[Problem]:
+    """Secrets that are set here but cannot work (an nsec that is not one); unset ones are only noted."""
+    nostr = team.notifiers.nostr
+    secret = os.environ.get(nostr.nsec_env) if nostr is not None else None
+    if not secret:
+        return []
+    from nostr_sdk import Keys
+
+    try:
+        Keys.parse(secret)
+    except Exception:
+        return [Problem(None, "notifiers.nostr.nsec_env",
+                        f"environment variable {nostr.nsec_env} does not hold a valid nsec (or hex) secret key")]
+    return []
 
 
 def unset_secrets(team: TeamConfig) -> list[str]:
@@ -113,6 +141,12 @@ def _problem(error: dict, lines: dict[tuple, int]) -> Problem:
     if kind == "missing":
         return Problem(line, path, "required field is missing")
     message = error["msg"].removeprefix("Value error, ")
+    # A check across fields (a model validator) names the field it is about first: "smtp_security: ...".
+    field, sep, rest = message.partition(": ")
+    section = _model_at(loc) if kind == "value_error" and sep else None
+    if section is not None and field in section.model_fields:
+        loc, message = loc + (field,), rest
+        path, line = ".".join(str(p) for p in loc), _nearest_line(loc, lines)
     if kind not in ("value_error", "assertion_error") and "input" in error and not isinstance(error["input"], dict):
         message += f" (got {error['input']!r})"
     return Problem(line, path, message)

@@ -126,7 +126,8 @@ def test_digest_command(team, screen, tmp_path):
 def test_digest_command_reports_a_missing_secret(tmp_path, screen, monkeypatch):
     monkeypatch.delenv("BOTLAB_TEST_NSEC_UNSET", raising=False)
     team = TeamConfig.model_validate({"name": "demo", "storage_dir": str(tmp_path), "notifiers": {"nostr": {
-        "nsec_env": "BOTLAB_TEST_NSEC_UNSET", "relays": ["ws://127.0.0.1:1"], "recipients": ["npub1x"]}}})
+        "nsec_env": "BOTLAB_TEST_NSEC_UNSET", "relays": ["ws://127.0.0.1:1"],
+        "recipients": ["npub1sl69f7tkqru020fhwl73vkjjfv0nnr0g8djhrvzxjswuznyalzdqz6maaw"]}}})
     with open_store(team.run_dir) as store:
         record_steps(store, [1])
     assert digest_now(team, send=True, console=screen) == 2

@@ -92,7 +92,7 @@ def test_inline_secret_is_refused(tmp_path):
           nostr:
             nsec_env: nsec1qqqqqqqqqqqqqqqqqqqqqqqqqq
             relays: [ws://127.0.0.1:7777]
-            recipients: [npub1abc]
+            recipients: [npub1sl69f7tkqru020fhwl73vkjjfv0nnr0g8djhrvzxjswuznyalzdqz6maaw]
     """)
     assert problems(path) == [
         "team.yaml:4: notifiers.nostr.nsec_env: must be the NAME of an environment variable (like "
@@ -151,3 +151,115 @@ def test_cli_validate_exit_codes(tmp_path):
     assert result.exit_code == 2
     assert "model.engine: Input should be 'auto', 'vllm' or 'transformers'" in result.output
     assert "Traceback" not in result.output
+
+
+# --- notifier sections: every value that cannot work is an error naming its field ----------------------------------
+
+NPUB = "npub1sl69f7tkqru020fhwl73vkjjfv0nnr0g8djhrvzxjswuznyalzdqz6maaw"
+HEX_PUBKEY = "87f454f97600f8f53d3777fd165a524b1f398de83b6571b046941dc14c9df89a"
+EMAIL = {"from_addr": "bot@botlab.test", "to": ["me@example.test"], "smtp_host": "127.0.0.1", "smtp_port": 2525,
+         "smtp_security": "starttls", "imap_host": "127.0.0.1", "imap_port": 10993, "imap_security": "tls",
+         "username_env": "BOTLAB_MAIL_USER", "password_env": "BOTLAB_MAIL_PASSWORD"}
+NOSTR = {"nsec_env": "BOTLAB_NOSTR_NSEC", "relays": ["ws://127.0.0.1:7777"], "recipients": [NPUB]}
+
+
+def notifier_team(tmp_path: Path, section: str, **changes) -> Path:
+    import yaml
+
+    settings = dict(EMAIL if section == "email" else NOSTR) | changes
+    settings = {k: v for k, v in settings.items() if v is not None}
+    path = tmp_path / "team.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "notifiers": {section: settings}}, sort_keys=False))
+    return path
+
+
+def test_valid_loopback_notifiers(tmp_path):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    load_team(notifier_team(tmp_path, "email", ca_file="ca.pem"))
+    load_team(notifier_team(tmp_path, "email", smtp_security="none", imap_security="none", imap_port=10143))
+    load_team(notifier_team(tmp_path, "nostr", recipients=[NPUB, HEX_PUBKEY], allowed_pubkeys=[],
+                            relays=["ws://127.0.0.1:7777", "wss://relay.example.org"]))
+
+
+@pytest.mark.parametrize(("section", "changes", "expected"), [
+    ("email", {"from_addr": "not-an-address"},
+     "notifiers.email.from_addr: 'not-an-address' is not an email address (like bot@example.org)"),
+    ("email", {"from_addr": "Bot <bot@botlab.test>"},
+     "notifiers.email.from_addr: 'Bot <bot@botlab.test>' is not an email address: write only the address"),
+    ("email", {"to": ["me@example.test", "you at example.test"]},
+     "notifiers.email.to.1: 'you at example.test' is not an email address"),
+    ("email", {"allowed_senders": ["@example.test"]}, "notifiers.email.allowed_senders.0: '@example.test' is not an"),
+    ("email", {"smtp_host": "smtp example.org"}, "notifiers.email.smtp_host: 'smtp example.org' is not a host name"),
+    ("email", {"imap_host": "https://imap.example.org"}, "notifiers.email.imap_host: 'https://imap.example.org' is"),
+    ("email", {"smtp_port": 0}, "notifiers.email.smtp_port: Input should be greater than or equal to 1 (got 0)"),
+    ("email", {"imap_port": 70000}, "notifiers.email.imap_port: Input should be less than or equal to 65535"),
+    ("email", {"smtp_port": 465, "smtp_security": "none"},
+     "notifiers.email.smtp_security: port 465 speaks TLS from the first byte; use smtp_security: tls"),
+    ("email", {"smtp_port": 465}, "notifiers.email.smtp_security: port 465 speaks TLS from the first byte"),
+    ("email", {"smtp_port": 587, "smtp_security": "tls"},
+     "notifiers.email.smtp_security: port 587 starts unencrypted, so tls cannot connect; use smtp_security: "
+     "starttls or port 465"),
+    ("email", {"imap_port": 143}, "notifiers.email.imap_security: port 143 starts unencrypted, so tls cannot "
+                                  "connect; use imap_security: none or port 993"),
+    ("email", {"imap_port": 993, "imap_security": "none"}, "notifiers.email.imap_security: port 993 speaks TLS"),
+    ("email", {"smtp_host": "smtp.example.org", "smtp_security": "none"},
+     "notifiers.email.smtp_security: none would send the password in clear text to smtp.example.org"),
+    ("email", {"imap_host": "imap.example.org", "imap_security": "none", "imap_port": 10143},
+     "notifiers.email.imap_security: none would send the password in clear text to imap.example.org"),
+    ("email", {"password_env": None}, "notifiers.email.password_env: set both username_env and password_env"),
+    ("email", {"username_env": None, "password_env": None},
+     "notifiers.email.imap_host: reading replies needs username_env and password_env"),
+    ("email", {"imap_host": None, "dkim_required": True},
+     "notifiers.email.dkim_required: replies are only read with imap_host set"),
+    ("email", {"imap_host": None, "allowed_senders": ["me@example.test"]},
+     "notifiers.email.allowed_senders: replies are only read with imap_host set"),
+    ("email", {"smtp_security": "none", "imap_security": "none", "imap_port": 10143, "ca_file": "ca.pem"},
+     "notifiers.email.ca_file: no connection uses TLS"),
+    ("email", {"ca_file": "missing/ca.pem"}, "notifiers.email.ca_file: "),
+    ("nostr", {"recipients": ["npub1abc"]},
+     "notifiers.nostr.recipients.0: 'npub1abc' is not an npub or hex public key"),
+    ("nostr", {"recipients": [NPUB[:-1] + ("q" if NPUB[-1] != "q" else "p")]},
+     "notifiers.nostr.recipients.0: 'npub1sl69f7tkqru020f…' is not an npub or hex public key"),  # bad checksum
+    ("nostr", {"allowed_pubkeys": [NPUB, "nsec1" + "q" * 58]},
+     "notifiers.nostr.allowed_pubkeys.1: is a secret key (nsec); give the public key (npub) here"),
+    ("nostr", {"relays": ["https://relay.example.org"]},
+     "notifiers.nostr.relays.0: relay 'https://relay.example.org' must start with ws:// or wss://"),
+    ("nostr", {"relays": ["ws://127.0.0.1:99999"]},
+     "notifiers.nostr.relays.0: relay 'ws://127.0.0.1:99999' is not a valid URL"),
+    ("nostr", {"relays": ["wss://"]}, "notifiers.nostr.relays.0: relay 'wss://' is not a valid URL"),
+])
+def test_bad_notifier_values_name_the_field(tmp_path, section, changes, expected):
+    path = notifier_team(tmp_path, section, **changes)
+    [message] = problems(path)
+    assert expected in message
+    assert message.startswith("team.yaml:") and message.split(":")[1].isdigit()  # with its line
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert expected.split(":")[0] in result.output.replace("\n", "") and "Traceback" not in result.output
+
+
+def test_validate_checks_a_set_nsec(tmp_path, monkeypatch):
+    from nostr_sdk import Keys
+
+    path = notifier_team(tmp_path, "nostr")
+    monkeypatch.setenv("BOTLAB_NOSTR_NSEC", "nsec1notakey")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "notifiers.nostr.nsec_env: environment variable BOTLAB_NOSTR_NSEC does not hold a valid nsec" in \
+        result.output.replace("\n", " ").replace("  ", " ")
+    monkeypatch.setenv("BOTLAB_NOSTR_NSEC", Keys.generate().secret_key().to_bech32())
+    assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 0
+
+
+def test_the_readme_notifier_example_is_valid(tmp_path):
+    """README's loopback example of every notifier key is a valid team file."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Notifiers", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    path = tmp_path / "team.yaml"
+    path.write_text("name: t\n" + block)
+    team = load_team(path)
+    for section in (team.notifiers.email, team.notifiers.nostr):  # every key is shown
+        fields = type(section).model_fields
+        assert all(f"    {name}:" in block for name in fields), type(section)
