@@ -19,9 +19,18 @@ def create_engine(
     """The engine for `model_cfg.engine`, and one line saying which engine it is and why it was chosen.
 
     The transformers engine generates with `learner_model` itself when given (else loads `model_dir`); the vLLM
-    engine always loads `model_dir`, so push a learner that differs from it with `engine.load_weights`.
+    engine always loads `model_dir`, and the server engine pushes `model_dir`'s weights to its servers, so push a
+    learner that differs from it with `engine.load_weights`.
     """
     choice = model_cfg.engine
+    if choice == "server":
+        from botlab.engines.server_engine import ServerEngine
+
+        engine = ServerEngine(model_cfg, model_dir)
+        why = (f"server: model.engine is 'server' ({len(engine.urls)} vLLM server(s): {', '.join(engine.urls)}; "
+               f"dtype {engine.dtype}; weights pushed through {engine.weights_root})")
+        log.info("rollout engine %s", why)
+        return engine, why
     vllm_version, import_error = _vllm_import() if choice != "transformers" else (None, None)
     if choice == "vllm" and import_error:
         raise EngineError(
