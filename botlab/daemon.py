@@ -109,7 +109,9 @@ class SideLoop:
         self.thread.join(timeout=5)
 
 
-def run_team(team: TeamConfig, steps: int | None = None) -> int:
+def run_team(team: TeamConfig, steps: int | None = None, minutes: float | None = None) -> int:
+    """The daemon; `steps`: exit after that many steps, `minutes`: start no step after that much time (the step that
+    ends past it is the last, and is checkpointed)."""
     from botlab.selfplay.distributed import follow, launch_rank, release_followers
 
     if launch_rank() > 0:  # torchrun / accelerate launch: rank 0 is the daemon, the others train their share
@@ -119,7 +121,7 @@ def run_team(team: TeamConfig, steps: int | None = None) -> int:
         with DaemonLock(run_dir):
             _setup_logging(run_dir)
             with open_store(run_dir) as store:
-                return release_followers(Daemon(team, store, steps).run())
+                return release_followers(Daemon(team, store, steps, minutes).run())
     except AlreadyRunning as err:
         logging.getLogger("botlab").error("%s", err)
         print(f"error: {err}")
@@ -130,10 +132,11 @@ def run_team(team: TeamConfig, steps: int | None = None) -> int:
 
 
 class Daemon:
-    def __init__(self, team: TeamConfig, store: Store, steps: int | None):
+    def __init__(self, team: TeamConfig, store: Store, steps: int | None, minutes: float | None = None):
         self.team = team
         self.store = store
         self.steps = steps
+        self.deadline = time.time() + minutes * 60 if minutes else None
         self.stop = StopRequest()
         self.progress = RunProgress(team.name)
 
@@ -238,7 +241,8 @@ class Daemon:
             self._phase(side, label, "save")
             state = save_resume_state(team.run_dir, step, self.learner)
             checkpoint = None
-            if step % team.schedules.checkpoint_every_steps == 0 or step == last:
+            out_of_time = self.deadline is not None and time.time() >= self.deadline
+            if step % team.schedules.checkpoint_every_steps == 0 or step == last or out_of_time:
                 checkpoint = save_checkpoint(team.run_dir, step, self.learner, self.engine.tokenizer, state,
                                              team.schedules.keep_checkpoints)
                 report.timings["checkpoint"] = time.time() - started - sum(report.timings.values())
@@ -258,7 +262,10 @@ class Daemon:
             self.progress.step_done(step, last, report.summary, report.timings)
             self._evaluate_if_due(step, side)
             self._tick(side)
-        if self.steps:
+            if out_of_time:
+                self.progress.note(f"time is up after step {step}")
+                break
+        if self.steps or self.deadline:
             self._phase(side, "end", "final digest")
             side.call(self.reporter.send_digest("run finished"), timeout=600)
         return EXIT_OK

@@ -213,9 +213,10 @@ def record(store: Store, result: EvalResult, step: int | None = None) -> None:
     store.put("last_eval", last | {result.suite: result.as_dict() | {"step": step, "at": now}})
 
 
-def evaluate_model(team: TeamConfig, model_dir: Path, suites: list[str], *, data: Path | None = None,
-                   limit: int | None = None, store: Store | None = None) -> tuple[list[EvalResult], str]:
-    """Load `model_dir` in a fresh engine and run each suite; returns the results and the engine's description."""
+def evaluate_model(team: TeamConfig, model_dir: Path, suites: dict[str, int | None], *, data: Path | None = None,
+                   store: Store | None = None) -> tuple[list[EvalResult], str]:
+    """Load `model_dir` in a fresh engine and run each suite (suite -> problem limit or None); returns the results
+    and the engine's description."""
     from botlab.engines import create_engine
 
     for suite in suites:
@@ -223,7 +224,7 @@ def evaluate_model(team: TeamConfig, model_dir: Path, suites: list[str], *, data
     engine, why = create_engine(team.model, model_dir)
     try:
         with Executor(team.executor) as executor:
-            results = [r for suite in suites
+            results = [r for suite, limit in suites.items()
                        for r in run_suite(engine, executor, team, suite, data=data, limit=limit, store=store)]
     finally:
         engine.close()
@@ -255,7 +256,7 @@ def run_eval_command(team: TeamConfig, suites: list[str], data: Path | None, lim
         console.print(f"evaluating {model_dir} on {', '.join(suites)}", highlight=False)
     store = open_store(team.run_dir) if store_path.exists() else None
     try:
-        results, why = evaluate_model(team, model_dir, suites, data=data, limit=limit, store=store)
+        results, why = evaluate_model(team, model_dir, dict.fromkeys(suites, limit), data=data, store=store)
         if store is not None and model is None:  # a result of the run's own model belongs to its history
             for result in results:
                 record(store, result)

@@ -81,12 +81,15 @@ class Learner:
 
     # --- the update -------------------------------------------------------------------------------------------------
 
-    def train_step(self, rollouts: list[Rollout]) -> dict[str, float]:
-        """One optimizer step over all rollouts; the loss is a token mean over the whole batch."""
+    def train_step(self, rollouts: list[Rollout], batch_tokens: int | None = None) -> dict[str, float]:
+        """One optimizer step over all rollouts; the loss is a token mean over the whole batch.
+
+        `batch_tokens`: the batch's completion tokens when the caller left out rollouts that carry no gradient (zero
+        advantage, no entropy or KL term), so the update is the one of the whole batch."""
         rollouts = [r for r in rollouts if r.completion_ids]
         if not rollouts:
             return {"trained_sequences": 0}
-        total_tokens = sum(len(r.completion_ids) for r in rollouts)
+        total_tokens = batch_tokens or sum(len(r.completion_ids) for r in rollouts)
         totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         micro = self.cfg.micro_batch

@@ -304,9 +304,12 @@ class SelfPlay:
             for task in batch:
                 prompts.append(self._solver_prompt(task))
                 owners.append(task)
-        samples = [group[0] for group in self._generate("solver", prompts, self.team.roles.solver, n=1)]
-        for sample, task in zip(samples, owners):
-            sample.task = task
+        groups = self._generate("solver", prompts, self.team.roles.solver, n=self.cfg.solver_samples)
+        samples = []
+        for group, task in zip(groups, owners):
+            for sample in group:
+                sample.task = task
+                samples.append(sample)
         correct = self._check(samples)
         for sample, ok in zip(samples, correct):
             parsed = sample.answer
@@ -331,7 +334,13 @@ class SelfPlay:
         )
         rollouts = [Rollout(s.prompt_ids, s.completion.token_ids, s.completion.logprobs, a, s.temperature,
                             s.train_mask) for s, a in zip(trained, advantages)]
-        return self.learner.train_step(rollouts)
+        batch_tokens = sum(len(r.completion_ids) for r in rollouts)
+        if self.team.train.entropy_coef == 0 and self.team.train.kl_coef == 0:
+            # A zero advantage (a task type and role whose rewards were all equal) adds nothing to the gradient:
+            # no forward or backward pass for it; the token mean still counts the whole batch.
+            rollouts = [r for r in rollouts if r.advantage != 0]
+        stats = self.learner.train_step(rollouts, batch_tokens=batch_tokens) if rollouts else {}
+        return stats | {"skipped_sequences": len(trained) - len(rollouts)}
 
     # --- helpers ----------------------------------------------------------------------------------------------------
 

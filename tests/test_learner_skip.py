@@ -1,0 +1,40 @@
+"""Rollouts with zero advantage carry no gradient: leaving them out (and counting their tokens) gives the same update."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from botlab.config import ModelConfig, TrainConfig
+from botlab.selfplay.learner import Learner, Rollout
+from botlab.selfplay.trr import token_logprobs
+
+
+def with_logprobs(learner: Learner, prompt: list[int], completion: list[int], advantage: float) -> Rollout:
+    model = learner.accelerator.unwrap_model(learner.model)
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        lp, _ = token_logprobs(model(input_ids=ids).logits[:, :-1], ids[:, 1:], 1.0)
+    return Rollout(prompt, completion, lp[0, len(prompt) - 1:].tolist(), advantage, 1.0)
+
+
+def test_leaving_out_zero_advantage_rollouts_keeps_the_update(tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    train = TrainConfig(lr=1e-2, micro_batch=2, bf16_autocast=False)
+    full, lean = Learner(tmp_path, ModelConfig(), train), Learner(tmp_path, ModelConfig(), train)
+    steps = [[([1, 2, 3], [10, 11, 12], 1.3), ([4, 5], [20, 21, 22, 23], 0.0), ([6], [30, 31], -0.7)],
+             [([7, 8], [40], 0.0), ([9], [41, 42], 0.9), ([3, 3], [43, 44, 45, 46, 47], 0.0)]]
+    moved = Learner(tmp_path, ModelConfig(), train)
+    for specs in steps:
+        batch = [with_logprobs(full, *spec) for spec in specs]
+        full.train_step(batch)
+        tokens = sum(len(r.completion_ids) for r in batch)
+        stats = lean.train_step([r for r in batch if r.advantage != 0], batch_tokens=tokens)
+        assert stats["trained_sequences"] == sum(1 for r in batch if r.advantage != 0)
+        moved.train_step([r for r in batch if r.advantage != 0])  # without the count: steps of another size
+    for (name, a), (_, b) in zip(full.model.named_parameters(), lean.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # AdamW's first step hides a scale; over steps of different zero shares the token count matters.
+    assert any(not torch.allclose(a, b, atol=1e-6)
+               for (_, a), (_, b) in zip(full.model.named_parameters(), moved.model.named_parameters()))
