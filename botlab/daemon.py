@@ -197,7 +197,7 @@ class Daemon:
         if resume:
             load_resume_state(Path(resume), self.learner)
             self.progress.note(f"resuming after step {self.store.last_step()} from {resume}")
-        self.learner = lead(self.learner, resume, self.store.last_step())  # the follower ranks of a launch, if any
+        self.learner = lead(self.learner, resume, self.store)  # the follower ranks of a launch, if any
         self.progress.phase("start", "starting the rollout engine")
         shared = self.learner.accelerator.unwrap_model(self.learner.model)
         self.engine, why = create_engine(team.model, model_dir, learner_model=shared)

@@ -92,12 +92,7 @@ class Learner:
         total_tokens = batch_tokens or sum(len(r.completion_ids) for r in rollouts)
         totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
-        micro = self.cfg.micro_batch
-        # Roles may sample at different temperatures: a micro-batch holds one temperature.
-        rollouts = sorted(rollouts, key=lambda r: r.temperature)
-        chunks = [rollouts[i:i + micro] for i in range(0, len(rollouts), micro)]
-        chunks = [part for chunk in chunks for part in _split_by_temperature(chunk)]
-        for chunk in chunks:
+        for chunk in self.micro_batches(rollouts):
             stats = self._accumulate(chunk, total_tokens)
             weight = sum(len(r.completion_ids) for r in chunk) / total_tokens
             for key, value in stats.items():
@@ -107,7 +102,14 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return totals | {"grad_norm": float(grad_norm), "trained_sequences": len(rollouts), "trained_tokens": total_tokens}
 
-    def _accumulate(self, chunk: list[Rollout], total_tokens: int) -> dict[str, float]:
+    def micro_batches(self, rollouts: list[Rollout]) -> list[list[Rollout]]:
+        """At most `micro_batch` sequences each; roles may sample at different temperatures: one temperature each."""
+        micro = self.cfg.micro_batch
+        rollouts = sorted(rollouts, key=lambda r: r.temperature)
+        chunks = [rollouts[i:i + micro] for i in range(0, len(rollouts), micro)]
+        return [part for chunk in chunks for part in _split_by_temperature(chunk)]
+
+    def _accumulate(self, chunk: list[Rollout], total_tokens: float) -> dict[str, float]:
         batch = self._pack(chunk)
         # Sequences are left-padded so every completion ends at the last position: the vocabulary projection
         # (the biggest tensor by far with a 49k-152k vocabulary) is computed for the completion tail only.

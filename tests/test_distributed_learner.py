@@ -1,0 +1,116 @@
+"""Data-parallel learning under torchrun (gloo, CPU): two ranks make the single-process update, and a launched
+`botlab run` has one daemon (rank 0), commits every step once and survives a killed rank."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from tests.fixtures.distributed_update import TRAIN
+from tests.fixtures.runs import REPO, check_run_invariants, read_kv, wait_for_phase, write_tiny_team
+
+pytestmark = pytest.mark.slow
+
+TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2"]
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}  # two ranks on a 2-core machine
+
+
+def run(args: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ENV)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_two_ranks_make_the_single_process_update(tmp_path, builtin_model_dir):
+    run([sys.executable, "-m", "tests.fixtures.distributed_update", str(tmp_path / "single.pt")])
+    run(TORCHRUN + ["-m", "tests.fixtures.distributed_update", str(tmp_path / "ranks.pt")])
+    single = torch.load(tmp_path / "single.pt", weights_only=False)
+    ranks = torch.load(tmp_path / "ranks.pt", weights_only=False)
+
+    # The same gradient (float rounding apart): each loss divided by the whole batch's tokens, summed over ranks.
+    for name, gradient in single["gradient"].items():
+        torch.testing.assert_close(ranks["gradient"][name], gradient, rtol=1e-4, atol=1e-9, msg=name)
+    assert sum(float(g.abs().sum()) for g in single["gradient"].values()) > 0
+    # Hence the same weights: AdamW's first step moves each weight by about lr, the ranks agree to 1% of it.
+    for name, weight in single["weights"].items():
+        torch.testing.assert_close(ranks["weights"][name], weight, rtol=0, atol=TRAIN.lr / 100, msg=name)
+    for key in ("loss", "entropy", "grad_norm"):
+        assert ranks["stats"][key] == pytest.approx(single["stats"][key], rel=1e-5), key
+    assert ranks["stats"]["trained_sequences"] == single["stats"]["trained_sequences"] == 7
+    assert ranks["stats"]["trained_tokens"] == single["stats"]["trained_tokens"]
+
+
+def launch(team: Path, *args: str, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(TORCHRUN + ["-m", "botlab.cli", "run", str(team), *args], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO, env=ENV)
+
+
+def ranks_of(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
+    """The launch's worker processes by rank (torchrun's own children)."""
+    workers = {}
+    for child in psutil.Process(launcher.pid).children():
+        rank = child.environ().get("RANK")
+        if rank is not None:
+            workers[int(rank)] = child
+    return workers
+
+
+def optimizer_updates(db_path: Path) -> set[float]:
+    state = torch.load(Path(read_kv(db_path, "resume_state")) / "learner.pt", weights_only=False)
+    return {float(s["step"]) for s in state["optimizer"]["state"].values()}
+
+
+def daemon_starts(db_path: Path) -> list[str]:
+    db = sqlite3.connect(db_path)
+    try:
+        return [m for (m,) in db.execute("SELECT message FROM events WHERE kind = 'start' ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_launched_run_has_one_daemon_and_resumes_after_a_killed_rank(tmp_path, builtin_model_dir):
+    team = write_tiny_team(tmp_path, steps=2)
+    run_dir = tmp_path / "runs" / "tiny"
+    db_path = run_dir / "botlab.sqlite"
+    log = tmp_path / "launch.log"
+
+    # Step 1: rank 0 is the daemon, rank 1 trains its share; both exit 0 when rank 0 is done.
+    first = launch(team, "--steps", "1", log=log)
+    assert first.wait(timeout=1800) == 0, log.read_text()[-4000:]
+    output = log.read_text()
+    assert "already running" not in output
+    assert len(daemon_starts(db_path)) == 1
+    assert "rank 1 INFO botlab.selfplay.distributed: step 1: trained this rank's share" in output
+    assert "rank 0 stopped after step 1" in output
+    assert check_run_invariants(run_dir)["steps"] == 1
+    assert optimizer_updates(db_path) == {1.0}
+
+    # Step 2: SIGKILL rank 1 during the update; the launch fails and nothing half-done is committed.
+    second = launch(team, log=log)
+    wait_for_phase(second, db_path, "step 2/2: learn", timeout=1200)
+    workers = ranks_of(second)
+    assert sorted(workers) == [0, 1]
+    assert (run_dir / "daemon.lock").read_text() == str(workers[0].pid)  # rank 0 holds the lock, rank 1 does not
+    workers[1].send_signal(signal.SIGKILL)
+    assert second.wait(timeout=600) != 0
+    committed = check_run_invariants(run_dir, after_crash=True)["steps"]
+    assert committed in (1, 2)  # 2 only if rank 0 had the summed gradient before rank 1 died
+
+    # The whole launch again: it resumes after the last committed step; no step is lost or applied twice.
+    third = launch(team, log=log)
+    assert third.wait(timeout=1800) == 0, log.read_text()[-4000:]
+    output = log.read_text()
+    assert f"resuming after step {committed}" in output
+    assert f"following rank 0 after step {committed} from " in output
+    assert check_run_invariants(run_dir)["steps"] == 2
+    assert optimizer_updates(db_path) == {2.0}
+    assert len(daemon_starts(db_path)) == 3
