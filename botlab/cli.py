@@ -205,6 +205,15 @@ def feedback(team_file: TeamArg, text: Annotated[str, typer.Argument(help="what 
     raise typer.Exit(local_feedback(team, text, console=console))
 
 
+@app.command()
+def inbox(team_file: TeamArg) -> None:
+    """Read replies on every channel once, apply them and answer them, without loading a model or training."""
+    team = _team(team_file)
+    from botlab.notifiers.commands import read_inbox
+
+    raise typer.Exit(read_inbox(team, console=console))
+
+
 @app.command("eval")
 def evaluate(
     team_file: TeamArg,

@@ -1,4 +1,5 @@
-"""`botlab digest` and `botlab feedback`: the reporter from the command line. Each returns the exit code."""
+"""`botlab digest`, `botlab feedback` and `botlab inbox`: the reporter from the command line. Each returns the exit
+code."""
 
 from __future__ import annotations
 
@@ -74,6 +75,47 @@ async def _send(team: TeamConfig, store, console: Console) -> int:
     console.print(f"digest #{digest_id} stored; {waiting} message(s) not sent yet" if waiting
                   else f"digest #{digest_id} sent", highlight=False)
     return EXIT_FAILED if waiting else EXIT_OK
+
+
+def read_inbox(team: TeamConfig, console: Console) -> int:
+    """`botlab inbox`: read every channel once, store and apply what arrived, answer it; no model is loaded."""
+    if not (team.run_dir / "botlab.sqlite").exists():
+        console.print(f"team {team.name} has not run yet ({team.run_dir} has no database): no digest to reply to")
+        return EXIT_FAILED
+    try:
+        with open_store(team.run_dir) as store:
+            if daemon_alive(team.run_dir):
+                console.print("the running team reads its inbox itself; nothing was read")
+                return EXIT_OK
+            before = store.scalar("SELECT COALESCE(MAX(id), 0) FROM feedback")
+            asyncio.run(_read_inbox(team, store, console))
+            rows = store.query("SELECT id, channel, sender, status, response FROM feedback WHERE id > ? ORDER BY id",
+                               (before,))
+            waiting = outbox.unsent(store)
+    except NotifierConfigError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return EXIT_USAGE
+    except StoreError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return EXIT_FAILED
+    for row in rows:
+        console.print(f"feedback #{row['id']} ({row['channel']}, {row['sender']}): {row['response']}",
+                      highlight=False, markup=False)
+    console.print(f"{len(rows)} new message(s)" + (f"; {waiting} message(s) not sent yet" if waiting else ""))
+    return EXIT_FAILED if waiting else EXIT_OK
+
+
+async def _read_inbox(team: TeamConfig, store, console: Console) -> None:
+    from botlab.notifiers.service import Reporter
+
+    reporter = Reporter(team, store, console=console)  # 'policy' needs the daemon's engine: the grammar reads
+    await reporter.start(listen=False)
+    try:
+        await reporter.read_inbox()
+        if store.get(DIGEST_REQUESTED_KEY):
+            await reporter.send_digest("asked for by feedback")
+    finally:
+        await reporter.stop()
 
 
 def local_feedback(team: TeamConfig, text: str, console: Console) -> int:

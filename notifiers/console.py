@@ -42,6 +42,9 @@ class ConsoleChannel:
         self.console.print(Text(item.payload["subject"], style="bold"), Text(f"-> {self.folder}"))
         self.console.print(item.payload["summary"], highlight=False, markup=False)
 
+    async def catch_up(self) -> None:
+        pass
+
     async def receive(self) -> list:
         return []  # feedback from the terminal arrives through `botlab feedback` (channel "cli")
 

@@ -39,10 +39,18 @@ def record(store: Store, message: Incoming, now: float | None = None) -> int | N
 
 
 def apply_pending(store: Store, interpreter: Interpreter | None = None) -> list[int]:
-    """Apply every pending message in arrival order; returns their ids."""
+    """Apply every pending message in arrival order; returns their ids. A message that fails is answered with the
+    error (status 'error'), so it neither blocks the ones after it nor disappears."""
     done = []
     for row in store.query("SELECT id, text FROM feedback WHERE status = 'pending' ORDER BY id"):
-        apply_one(store, row["id"], row["text"], interpreter)
+        try:
+            apply_one(store, row["id"], row["text"], interpreter)
+        except Exception as err:
+            log.exception("feedback #%d could not be applied", row["id"])
+            with store.transaction() as db:
+                db.execute("UPDATE feedback SET status = 'error', response = ? WHERE id = ?",
+                           (f"could not be applied ({type(err).__name__}: {err}); nothing was changed, please "
+                            "send it again", row["id"]))
         done.append(row["id"])
     return done
 

@@ -1,7 +1,8 @@
 """The team's mailbox over IMAP (aioimaplib): fetch what arrived after a stored cursor, and watch with IDLE.
 
 The cursor (UIDVALIDITY and the last UID handled) is kept by the caller in the store, so nothing is read twice
-or missed after a restart. On the very first connection the mail already there is skipped: it predates the team.
+or missed after a restart. Without a cursor the mail already there is skipped (it predates the team), unless the
+caller says since when the team has been writing to people: then mail that arrived from that day on is read.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,18 +63,35 @@ async def _select(client: aioimaplib.IMAP4) -> tuple[int, int]:
     return int(validity.group(1)), int(uidnext.group(1)) if uidnext else 0
 
 
+async def _last_uid_before(client: aioimaplib.IMAP4, since: float, uidnext: int) -> int:
+    """The highest UID that arrived before the day preceding `since`."""
+    day = time.strftime("%d-%b-%Y", time.gmtime(since - 86400))
+    response = await client.uid_search(f"SINCE {day}", charset=None)
+    if response.result != "OK":
+        raise ImapError(f"UID SEARCH SINCE failed: {_text(response.lines)}")
+    uids = [int(u) for u in bytes(response.lines[0]).split()]
+    return min(uids) - 1 if uids else max(uidnext - 1, 0)
+
+
 def _text(lines: list) -> str:
     return " ".join(bytes(line).decode(errors="replace") for line in lines)[:200]
 
 
-async def fetch_new(account: ImapAccount, cursor: dict | None) -> tuple[list[tuple[int, bytes]], dict]:
-    """Messages after the cursor, oldest first, and the cursor to store once they are handled."""
+async def fetch_new(account: ImapAccount, cursor: dict | None, since: float | None = None
+                    ) -> tuple[list[tuple[int, bytes]], dict]:
+    """Messages after the cursor, oldest first, and the cursor to store once they are handled.
+
+    Without a cursor: nothing (the cursor is set to now), or with `since` (a time) the mail that arrived from the
+    day before it on (a day early: IMAP dates have no time of day and servers' time zones differ)."""
     client = await _connect(account)
     try:
         validity, uidnext = await _select(client)
-        if cursor is None:
+        if cursor is None and since is None:
             return [], {"uidvalidity": validity, "last_uid": max(uidnext - 1, 0)}
-        last = cursor["last_uid"] if cursor.get("uidvalidity") == validity else 0  # mailbox rebuilt: read it again
+        if cursor is None:
+            last = await _last_uid_before(client, since, uidnext)
+        else:
+            last = cursor["last_uid"] if cursor.get("uidvalidity") == validity else 0  # mailbox rebuilt: read again
         response = await client.uid_search(f"UID {last + 1}:*", charset=None)
         if response.result != "OK":
             raise ImapError(f"UID SEARCH failed: {_text(response.lines)}")

@@ -60,19 +60,26 @@ class EmailChannel:
     # --- out ---------------------------------------------------------------------------------------------------------
 
     async def start(self, listen: bool = True) -> None:
+        # The read position is fixed before the first digest goes out (also by `botlab digest --send`), so a reply
+        # that arrives before the daemon first listens is still read.
+        if self.account is not None and self.store.get(CURSOR_KEY) is None:
+            await self._init_cursor()
         if self.account is not None and listen:
-            if self.store.get(CURSOR_KEY) is None:
-                await self._init_cursor()
             self._stopping.clear()
             self._watcher = asyncio.create_task(imap.watch(self.account, self.news.set, self._stopping),
                                                 name="botlab-imap-idle")
 
     async def _init_cursor(self) -> None:
+        if self._first_digest_at() is not None:
+            return  # digests went out while the server was down: receive() reads from the first one's day
         try:
             _, cursor = await imap.fetch_new(self.account, None)
             self.store.put(CURSOR_KEY, cursor)
         except Exception as err:  # the server may be down now; the first poll that works sets the cursor
             log.warning("IMAP %s: %s", self.config.imap_host, err)
+
+    def _first_digest_at(self) -> float | None:
+        return self.store.scalar("SELECT MIN(created_at) FROM digests")
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -94,13 +101,17 @@ class EmailChannel:
 
     # --- in ----------------------------------------------------------------------------------------------------------
 
+    async def catch_up(self) -> None:
+        pass  # receive() reads the server itself
+
     async def receive(self) -> list[Incoming]:
         """Replies that arrived since the stored cursor; ignored mail is logged as an event with the reason."""
         if self.account is None:
             return []
         self.news.clear()
         cursor = self.store.get(CURSOR_KEY)
-        messages, new_cursor = await imap.fetch_new(self.account, cursor)
+        since = self._first_digest_at() if cursor is None else None
+        messages, new_cursor = await imap.fetch_new(self.account, cursor, since=since)
         accepted = []
         for uid, raw in messages:
             result = read_reply(raw, self.rules, self._find_digest)

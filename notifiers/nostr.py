@@ -87,11 +87,24 @@ class NostrChannel:
             await self._subscribe(stream)
         await self._publish_relay_list()
 
-    async def _subscribe(self, stream) -> None:
+    def _wraps_to_me(self) -> Filter:
+        """Gift wraps addressed to us since the last read (or since the team first started)."""
         since = (self.store.get(SEEN_UNTIL_KEY) or self.store.get(STARTED_KEY)) - WRAP_BACKDATE_S
-        wraps_to_me = Filter().kind(GIFT_WRAP).pubkey(self.public_key).since(Timestamp.from_secs(int(since)))
-        await self.client.subscribe(ReqTarget.auto([wraps_to_me]))
+        return Filter().kind(GIFT_WRAP).pubkey(self.public_key).since(Timestamp.from_secs(int(since)))
+
+    async def _subscribe(self, stream) -> None:
+        await self.client.subscribe(ReqTarget.auto([self._wraps_to_me()]))
         self._drain_task = asyncio.create_task(self._drain(stream), name="botlab-nostr-inbox")
+
+    async def catch_up(self, timeout: float = 5.0) -> None:
+        """Read what the relays hold for us now, once (`botlab inbox`, no subscription): receive() returns it."""
+        if self.client is None:
+            raise NostrSendError("the Nostr channel is not started")
+        self._received_at = time.time()
+        events = await self.client.fetch_events(ReqTarget.auto([self._wraps_to_me()]),
+                                                timeout=timedelta(seconds=timeout))
+        for event in events:
+            self._take(event)
 
     async def stop(self) -> None:
         if self._drain_task is not None:
@@ -154,16 +167,18 @@ class NostrChannel:
             notification = await stream.next()
             if notification is None or not notification.is_new_event():
                 continue  # EOSE, OK and other relay messages
-            event = notification.event
-            if event.kind().as_u16() != GIFT_WRAP.as_u16():
-                continue
-            result = self._open(event)
-            if isinstance(result, Incoming):
-                self.inbox.put_nowait(result)
-                self.news.set()
-            elif result and event.id().to_hex() not in self._reported:
-                self._reported.add(event.id().to_hex())
-                self.store.log_event("feedback_ignored", f"nostr: {result}", level="warning")
+            self._take(notification.event)
+
+    def _take(self, event) -> None:
+        if event.kind().as_u16() != GIFT_WRAP.as_u16():
+            return
+        result = self._open(event)
+        if isinstance(result, Incoming):
+            self.inbox.put_nowait(result)
+            self.news.set()
+        elif result and event.id().to_hex() not in self._reported:
+            self._reported.add(event.id().to_hex())
+            self.store.log_event("feedback_ignored", f"nostr: {result}", level="warning")
 
     def _open(self, event) -> Incoming | str:
         """The DM inside a gift wrap if it may steer the team; else why not ('' = old, nothing to report)."""
@@ -187,7 +202,7 @@ class NostrChannel:
 
     async def receive(self) -> list[Incoming]:
         self.news.clear()
-        self._received_at = time.time()
+        self._received_at = self._received_at or time.time()  # catch_up() already noted when it read
         out = []
         while not self.inbox.empty():
             out.append(self.inbox.get_nowait())

@@ -11,12 +11,15 @@ import asyncio
 import logging
 import time
 from email import policy
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from typing import Any
 
 from rich.console import Console
 
 from botlab.agents.reporter import interpret_feedback, make_reporter_model, write_narrative
 from botlab.config import TeamConfig
+from botlab.curriculum import HELP
 from botlab.digest import (
     DigestFacts, RenderedDigest, collect_facts, email_message, render, standalone_html, template_narrative,
 )
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DIGEST_AT_KEY, POLL_AT_KEY, NEXT_DIGEST_KEY = "schedule/digest_at", "schedule/poll_at", "next_digest_at"
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)  # long Message-IDs must not be folded
+ANSWERED = ("question", "ignored", "error")  # feedback that changed nothing is answered at once, not at the digest
 
 
 class Reporter:
@@ -219,7 +223,47 @@ class Reporter:
                         log.info("duplicate %s message %s ignored", message.channel, message.external_id)
                 await channel.commit_receive()
             self.store.put(POLL_AT_KEY, time.time())
-            return await asyncio.to_thread(apply_pending, self.store, self._interpreter())
+            applied = await asyncio.to_thread(apply_pending, self.store, self._interpreter())
+            self._enqueue_answers(applied, time.time())
+            return applied
+
+    async def read_inbox(self) -> list[int]:
+        """One read of every channel, for `botlab inbox`: what the relays hold too, stored, applied and answered."""
+        for channel in self.channels.values():
+            try:
+                await channel.catch_up()
+            except Exception as err:
+                log.warning("reading %s failed: %s", channel.name, err)
+        applied = await self.poll_feedback()
+        await self.flush_outbox()
+        return applied
+
+    def _enqueue_answers(self, feedback_ids: list[int], now: float) -> None:
+        """A message that changed nothing (a question, nothing understood, an error) gets its answer back on the
+        channel it came from."""
+        if not feedback_ids:
+            return
+        marks = ",".join("?" * len(feedback_ids))
+        rows = self.store.query(f"SELECT * FROM feedback WHERE id IN ({marks}) AND status IN (?, ?, ?)",
+                                (*feedback_ids, *ANSWERED))
+        with self.store.transaction() as db:
+            for row in rows:
+                answer = self._answer(row, now)
+                if answer is not None:
+                    outbox.enqueue(db, row["channel"], answer[0], "answer", answer[1],
+                                   f"answer-{row['id']}:{row['channel']}", now)
+
+    def _answer(self, row, now: float) -> tuple[str, dict] | None:
+        """(recipient, payload) of the answer to a feedback row, or None where its channel has no way back."""
+        n, text = self.team.notifiers, answer_text(row["text"], row["response"])
+        if row["channel"] == "email" and n.email is not None and n.email.enabled:
+            return row["sender"], {"raw": answer_email(self.team.name, n.email.from_addr, row["sender"],
+                                                        row["external_id"], text, now)}
+        if row["channel"] == "nostr" and n.nostr is not None and n.nostr.enabled:
+            from botlab.notifiers.nostr import parse_pubkey
+
+            return parse_pubkey(row["sender"], "feedback sender").to_hex(), {"text": text}
+        return None
 
     def _reply_waiting(self) -> bool:
         return any(channel.news.is_set() for channel in self.channels.values())
@@ -241,3 +285,20 @@ class Reporter:
             await self.send_digest("schedule", now)  # once, however many intervals were missed
         await self.flush_outbox(now)
 
+
+def answer_text(text: str, response: str) -> str:
+    quoted = "\n".join("> " + line for line in text.splitlines()[:20])
+    return f"You wrote:\n{quoted}\n\n{response}\n\nReply in plain words or with commands: {HELP}"
+
+
+def answer_email(team: str, from_addr: str, to: str, replied_id: str, text: str, now: float) -> str:
+    msg = EmailMessage()
+    msg["From"], msg["To"] = from_addr, to
+    msg["Subject"] = f"Re: [botlab {team}] your feedback"
+    msg["Message-ID"] = make_msgid(idstring="answer", domain=from_addr.rsplit("@", 1)[-1])
+    if replied_id.startswith("<"):
+        msg["In-Reply-To"] = msg["References"] = replied_id
+    msg["Auto-Submitted"] = "auto-replied"  # an automatic answer: mail programs must not answer it in turn
+    msg["Date"] = formatdate(now)
+    msg.set_content(text)
+    return msg.as_string(policy=SMTP_POLICY)

@@ -263,3 +263,77 @@ def test_missing_secrets_and_files_name_the_field(tmp_path, mail_peers, monkeypa
     monkeypatch.setenv(PASSWORD_ENV, "pw")
     with pytest.raises(NotifierConfigError, match="notifiers.email.ca_file: /nowhere/ca.pem is not a file"):
         Reporter(email_team(tmp_path, mail_peers, ca_file="/nowhere/ca.pem"), store)._build_channels()
+
+
+# --- nothing lost: replies that arrive before the daemon first listens ---------------------------------------------
+
+
+async def _digest_sent_then_replied(tmp_path, mail_env, body: str) -> TeamConfig:
+    """`botlab digest --send` before any daemon ran, then the human replies while nothing listens."""
+    from botlab.notifiers.commands import digest_now
+    from botlab.store import open_store
+
+    team = email_team(tmp_path, mail_env)
+    with open_store(team.run_dir) as fresh:
+        record_steps(fresh, range(1, 3))
+    screen = Console(file=io.StringIO())
+    assert await asyncio.to_thread(digest_now, team, True, screen) == 0, screen.file.getvalue()
+    [raw] = await mail_env.dovecot.wait_for_messages(mail_env.human, 1)
+    digest = message_from_bytes(raw, policy=policy.default)
+    await send_as(mail_env, reply_to(digest, mail_env.human, body), mail_env.human)
+    await mail_env.dovecot.wait_for_messages(mail_env.bot, 1)
+    return team
+
+
+@pytest.mark.parametrize("reader", ["daemon", "inbox"])
+async def test_a_reply_before_the_first_daemon_start_is_applied(tmp_path, mail_env, reader):
+    from botlab.notifiers.commands import read_inbox
+    from botlab.store import open_store
+
+    team = await _digest_sent_then_replied(tmp_path, mail_env, "deduction is too easy")
+    if reader == "daemon":  # the daemon's first start: its reporter listens, and its first poll reads the reply
+        with open_store(team.run_dir) as store:
+            first = Reporter(team, store, console=Console(file=io.StringIO()))
+            await first.start()
+            try:
+                await first.poll_feedback()
+            finally:
+                await first.stop()
+    else:
+        screen = Console(file=io.StringIO(), width=200)
+        assert await asyncio.to_thread(read_inbox, team, screen) == 0
+        assert "feedback #1 (email, human@example.test): deduction difficulty +0 -> +1" in screen.file.getvalue()
+    with open_store(team.run_dir) as store:
+        assert load_curriculum(store).difficulty_for("deduction") == 1
+        assert store.scalar("SELECT status FROM feedback") == "applied"
+
+
+async def test_the_read_position_survives_a_mail_server_that_was_down_at_the_first_digest(tmp_path, mail_env):
+    """No cursor could be stored when the digest went out: the first read starts at the first digest's day."""
+    from botlab.notifiers.commands import read_inbox
+    from botlab.store import open_store
+
+    team = await _digest_sent_then_replied(tmp_path, mail_env, "/harder")
+    with open_store(team.run_dir) as store:
+        store.db.execute("DELETE FROM kv WHERE key = ?", (CURSOR_KEY,))  # as if IMAP had been unreachable then
+    assert await asyncio.to_thread(read_inbox, team, Console(file=io.StringIO())) == 0
+    with open_store(team.run_dir) as store:
+        assert load_curriculum(store).difficulty == 1 and store.get(CURSOR_KEY)["last_uid"] == 1
+
+
+async def test_a_reply_that_changes_nothing_is_answered_by_mail(tmp_path, mail_env):
+    from botlab.notifiers.commands import read_inbox
+    from botlab.store import open_store
+
+    team = await _digest_sent_then_replied(tmp_path, mail_env, "The string tasks are too easy.")
+    assert await asyncio.to_thread(read_inbox, team, Console(file=io.StringIO())) == 0
+    messages = await mail_env.dovecot.wait_for_messages(mail_env.human, 2)
+    answer = message_from_bytes(messages[1], policy=policy.default)
+    with open_store(team.run_dir) as store:
+        row = store.query("SELECT * FROM feedback")[0]
+    assert row["status"] == "question"
+    assert answer["In-Reply-To"] == row["external_id"] and answer["Auto-Submitted"] == "auto-replied"
+    assert answer["Subject"] == "Re: [botlab demo] your feedback"
+    body = answer.get_body(("plain",)).get_content()
+    assert "> The string tasks are too easy." in body
+    assert 'question: "The string tasks are too easy": difficulty changes for all tasks' in body

@@ -192,3 +192,35 @@ def test_a_bad_key_names_the_field(tmp_path, nostr_relay, monkeypatch, store):
     # A malformed npub never gets this far: the team file is refused (tests/test_teamfile.py).
     with pytest.raises(ValidationError, match="'npub1nope' is not an npub or hex public key"):
         nostr_team(tmp_path, nostr_relay, human, recipients=["npub1nope"])
+
+
+async def test_a_dm_before_the_first_daemon_start_is_read_by_botlab_inbox(tmp_path, nostr_relay, nostr_human,
+                                                                          bot_keys):
+    """`botlab digest --send`, a DM reply while nothing listens, then `botlab inbox` applies it; an unclear one is
+    answered by DM."""
+    import io
+
+    from rich.console import Console
+
+    from botlab.notifiers.commands import digest_now, read_inbox
+    from botlab.store import open_store
+
+    team = nostr_team(tmp_path, nostr_relay, nostr_human)
+    with open_store(team.run_dir) as fresh:
+        record_steps(fresh, range(1, 3))
+    assert await asyncio.to_thread(digest_now, team, True, Console(file=io.StringIO())) == 0
+    _, _, digest_rumor = await nostr_human.next_dm()
+    await nostr_human.send_dm(bot_keys.public_key(), "abduction is too hard", reply_to=digest_rumor)
+    await nostr_human.send_dm(bot_keys.public_key(), "make it more interesting", reply_to=digest_rumor)
+
+    assert await asyncio.to_thread(read_inbox, team, Console(file=io.StringIO())) == 0
+    with open_store(team.run_dir) as store:
+        statuses = {r["text"]: r["status"] for r in store.query("SELECT text, status FROM feedback")}
+        assert load_curriculum(store).difficulty_for("abduction") == -1
+    assert statuses == {"abduction is too hard": "applied", "make it more interesting": "question"}
+    _, answer, _ = await nostr_human.next_dm()
+    assert answer.startswith("You wrote:\n> make it more interesting") and "did not understand" in answer
+    # A second read finds nothing new: each DM is applied once.
+    assert await asyncio.to_thread(read_inbox, team, Console(file=io.StringIO())) == 0
+    with open_store(team.run_dir) as store:
+        assert store.scalar("SELECT COUNT(*) FROM feedback") == 2
