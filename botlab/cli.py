@@ -94,12 +94,12 @@ def _refuse_what_cannot_fit(team) -> None:
     try:
         plan = make_plan(team)
     except PlanError as err:  # the model loader gives its own error, or the model is one the plan cannot count
-        errors.print(f"note: no memory plan ({err})", highlight=False, markup=False)
+        errors.print(f"note: no memory plan ({err})", highlight=False, markup=False, soft_wrap=True)
         return
     if not plan.fits:
-        errors.print(render(plan), highlight=False, markup=False)
-        errors.print("botlab run refuses a plan that does not fit: change the team file as above, or pass "
-                     "--ignore-plan to start anyway", highlight=False, markup=False)
+        print(render(plan), file=sys.stderr)
+        print("botlab run refuses a plan that does not fit: change the team file as above, or pass --ignore-plan to "
+              "start anyway", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE)
 
 
@@ -117,7 +117,7 @@ def plan(
     try:
         result = make_plan(team, gpus)
     except PlanError as err:
-        errors.print(f"error: {err}", highlight=False, markup=False)
+        errors.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
