@@ -176,12 +176,42 @@ def _print_status(info: dict) -> None:
         table.add_row("next digest", when(info["next_digest_at"]))
         table.add_row("pending feedback", str(info["pending_feedback"]))
         table.add_row("unsent messages", str(info["unsent_messages"]))
-        table.add_row("last eval", json.dumps(info["last_eval"]) if info["last_eval"] else "-")
+        table.add_row("held-out split", per_type(info["heldout_sizes"]))
+        table.add_row("held-out scores", _eval_lines(info["last_eval"]))
         engine = info["engine"] or {}
         table.add_row("engine", engine.get("why") or engine.get("name") or "-")
         table.add_row("errors since start", str(info["errors_since_start"]))
+        for key, label in (("resume_state", "resume state"), ("last_checkpoint", "last checkpoint")):
+            found = info[key]
+            table.add_row(label, "-" if not found else found["path"] + ("" if found["present"] else " (MISSING)"))
+        table.add_row("curriculum", _curriculum_text(info["curriculum"]))
+        for note in info["recent_feedback"]:
+            table.add_row(f"feedback #{note['id']}", f"{when(note['received_at'])} {note['channel']} {note['sender']}: "
+                          f"\"{_clip(note['text'])}\" -> {note['status']}: {note['response'] or '-'}")
     table.add_row("run dir", info["run_dir"])
     console.print(table)
+
+
+def _curriculum_text(c: dict) -> str:
+    parts = ["weights " + ", ".join(f"{t} {w:g}" for t, w in c["task_weights"].items()),
+             f"difficulty {c['difficulty']:+d}"]
+    parts += [f"{t} difficulty {max(-3, min(3, c['difficulty'] + d)):+d}" for t, d in c["type_difficulty"].items() if d]
+    parts += ["focus " + ", ".join(c["focus"])] if c["focus"] else []
+    parts += [f"reviewer rules: {'; '.join(c['reviewer_rules'])}"] if c["reviewer_rules"] else []
+    return "; ".join(parts + (["PAUSED"] if c["paused"] else []))
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _eval_lines(last_eval) -> str:
+    """The newest score per suite: 'heldout/deduction 0.250 ± 0.100 (n=32, step 40)', one per line."""
+    if not isinstance(last_eval, dict) or "suite" in last_eval:  # none yet, or an older run's single result
+        return "-"
+    return "\n".join(f"{suite} {r['score']:.3f} ± {r['ci95']:.3f} (n={r['problems']}, step {r['step']})"
+                     for suite, r in sorted(last_eval.items()) if isinstance(r, dict) and "score" in r) or "-"
 
 
 @app.command()

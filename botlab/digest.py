@@ -173,14 +173,19 @@ def _examples(store: Store, after_step: int, limit: int = 3) -> list[Example]:
 
 
 def _evaluation(store: Store, after_step: int) -> dict[str, Any]:
+    """The newest held-out score per suite, with its interval and where it stood at the start (step 0 or first)."""
     out: dict[str, Any] = {}
     last = store.get("last_eval")
-    if isinstance(last, dict):
-        out = {k: v for k, v in last.items() if isinstance(v, (int, float, str)) and len(str(v)) < 80}
-    for r in store.query(
-        "SELECT name, value FROM metrics WHERE name LIKE 'eval/%' AND step > ? ORDER BY step", (after_step,)
-    ):
-        out[r["name"]] = r["value"]
+    if not isinstance(last, dict) or "suite" in last:  # nothing yet, or an older run's single flat result
+        return out
+    for suite, r in sorted(last.items()):
+        if not isinstance(r, dict) or not isinstance(r.get("score"), (int, float)):
+            continue
+        text = f"{r['score']:.3f} ± {r.get('ci95', 0):.3f} (n={r.get('problems')}, step {r.get('step')})"
+        first = store.query("SELECT step, value FROM metrics WHERE name = ? ORDER BY step LIMIT 1", (f"eval/{suite}",))
+        if first and first[0]["step"] != r.get("step"):
+            text += f"; {first[0]['value']:.3f} at step {first[0]['step']}"
+        out[suite] = text
     return out
 
 
@@ -204,7 +209,8 @@ def _health(store: Store, since: float | None) -> tuple[list[str], int, int]:
 
 def _series(store: Store) -> dict[str, list[tuple[int, float]]]:
     rows = store.query(
-        "SELECT step, name, value FROM metrics WHERE name LIKE 'solve_rate/%' OR name LIKE 'reward/%' ORDER BY step")
+        "SELECT step, name, value FROM metrics WHERE name LIKE 'solve_rate/%' OR name LIKE 'reward/%' "
+        "OR name LIKE 'eval/%' OR name LIKE 'eval_ci95/%' ORDER BY step")
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
         series.setdefault(r["name"], []).append((r["step"], r["value"]))
@@ -231,11 +237,16 @@ def render_chart(facts: DigestFacts) -> bytes | None:
     matplotlib.use("Agg")  # no display: render to memory
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.2), dpi=100, layout="constrained")
-    left, right = fig.subplots(1, 2)
-    types = sorted({name.rsplit("/", 1)[1] for name in facts.series})
+    held_out = {n: p for n, p in facts.series.items() if n.startswith("eval/")}
+    fig = Figure(figsize=(11 if held_out else 7.5, 4.2), dpi=100, layout="constrained")
+    left, right, *rest = fig.subplots(1, 3 if held_out else 2)
+    if held_out:
+        _held_out_panel(rest[0], held_out, facts.series)
+    types = sorted({name.rsplit("/", 1)[1] for name in facts.series if not name.startswith("eval")})
     color = {t: f"C{i}" for i, t in enumerate(types)}  # one colour per task type in both panels
     for name, points in sorted(facts.series.items()):
+        if name.startswith("eval"):
+            continue
         steps, values = zip(*points)
         task_type = name.rsplit("/", 1)[1]
         if name.startswith("solve_rate/"):
@@ -253,6 +264,22 @@ def render_chart(facts: DigestFacts) -> bytes | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _held_out_panel(ax, scores: dict[str, list[tuple[int, float]]], series: dict) -> None:
+    """Greedy pass@1 per held-out suite over steps, the 95% interval shaded: the run's learning curve."""
+    for i, (name, points) in enumerate(sorted(scores.items())):
+        suite = name.removeprefix("eval/")
+        ci = dict(series.get(f"eval_ci95/{suite}", []))
+        steps, values = zip(*points)
+        low = [max(0.0, v - ci.get(s, 0.0)) for s, v in points]
+        high = [min(1.0, v + ci.get(s, 0.0)) for s, v in points]
+        ax.plot(steps, values, color=f"C{i + 3}", marker=".", label=suite)
+        ax.fill_between(steps, low, high, color=f"C{i + 3}", alpha=0.15)
+    ax.set(title="held-out pass@1 (95% interval)", xlabel="step", ylim=(-0.02, 1.02))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 # --- the narrative fallback and the rendered forms ------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from botlab.config import TeamConfig
+from botlab.curriculum import load_curriculum
+from botlab.selfplay import heldout
 from botlab.store import Store, open_store
 
 LOCK_NAME = "daemon.lock"
@@ -68,6 +70,7 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
         "buffer_sizes": buffers,
         "last_digest": dict(last_digest[0]) if last_digest else None,
         "next_digest_at": store.get("next_digest_at"),
+        "heldout_sizes": heldout.counts(store),
         "pending_feedback": store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'"),
         "unsent_messages": store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"),
         "last_eval": store.get("last_eval"),

@@ -10,7 +10,7 @@ import pytest
 
 from botlab.agents.reporter import check_narrative, write_narrative
 from botlab.config import TeamConfig
-from botlab.digest import collect_facts, email_message, render, standalone_html, template_narrative
+from botlab.digest import collect_facts, email_message, render, render_chart, standalone_html, template_narrative
 from botlab.store import Store
 
 TYPES = ("deduction", "abduction", "induction")
@@ -90,9 +90,13 @@ def test_health_eval_and_feedback_are_reported(store, team):
     store.log_event("restart", "restarted after an unclean stop", level="warning")
     store.log_event("start", "daemon started")
     store.log_event("error", "reporter: TimeoutError: smtp", level="error")
-    store.put("last_eval", {"suite": "cruxeval-o", "accuracy": 0.125, "details": {"nested": "dropped"}})
+    store.put("last_eval", {"heldout/deduction": {"suite": "heldout/deduction", "score": 0.25, "ci95": 0.1,
+                                                  "problems": 32, "step": 4}})
     with store.transaction() as db:
-        db.execute("INSERT INTO metrics VALUES (1, 'eval/cruxeval-o', 0.125, 0)")
+        db.execute("INSERT INTO metrics VALUES (0, 'eval/heldout/deduction', 0.125, 0)")
+        db.execute("INSERT INTO metrics VALUES (0, 'eval_ci95/heldout/deduction', 0.05, 0)")
+        db.execute("INSERT INTO metrics VALUES (4, 'eval/heldout/deduction', 0.25, 0)")
+        db.execute("INSERT INTO metrics VALUES (4, 'eval_ci95/heldout/deduction', 0.1, 0)")
         db.execute("INSERT INTO feedback(channel, external_id, sender, received_at, text, status, response) "
                    "VALUES ('email', '<a@b>', 'h@x.test', 0, '/harder', 'applied', 'difficulty +0 -> +1')")
         db.execute("INSERT INTO feedback(channel, external_id, sender, received_at, text) "
@@ -100,12 +104,14 @@ def test_health_eval_and_feedback_are_reported(store, team):
     facts = collect_facts(store, team)
     assert (facts.restarts, facts.unclean_stops) == (1, 1)
     assert facts.errors == ["reporter: TimeoutError: smtp"]
-    assert facts.evaluation == {"suite": "cruxeval-o", "accuracy": 0.125, "eval/cruxeval-o": 0.125}
+    assert facts.evaluation == {"heldout/deduction": "0.250 ± 0.100 (n=32, step 4); 0.125 at step 0"}
+    assert facts.series["eval/heldout/deduction"] == [(0, 0.125), (4, 0.25)]
     assert [(n.text, n.response) for n in facts.feedback] == [("/harder", "difficulty +0 -> +1")]
     text = render(facts, template_narrative(facts)).text
     assert '"/harder" (email, h@x.test): difficulty +0 -> +1' in text
     assert "1 restart(s) (1 after a crash or kill)" in text
-    assert "accuracy 0.125" in text
+    assert "heldout/deduction 0.250 ± 0.100 (n=32, step 4); 0.125 at step 0" in text
+    assert render_chart(facts).startswith(b"\x89PNG")  # with the held-out panel
 
 
 def test_rendered_forms(store, team):
