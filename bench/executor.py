@@ -2,7 +2,7 @@
 
     botlab bench executor [--json]
 
-The baseline mimics the original AZR executor (azr-method.md §2, §5): ONE persistent worker process in a process
+The baseline mimics the original AZR executor (docs/method.md, "Where botlab departs"): ONE persistent worker process in a process
 pool, the program exec'd inside it with AZR's determinism template (f run twice in the same process), an
 in-process SIGALRM timeout, and a kill + respawn of the worker when that timeout cannot fire (a loop inside C
 code). No limits, no isolation. A second, leaner baseline (the same worker behind a bare pipe, no pool) is printed

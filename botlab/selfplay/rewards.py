@@ -1,6 +1,6 @@
 """Rewards of the two roles, each returned with its parts so they can be stored and inspected.
 
-Follows AZR (azr-method.md section 3) with its known defects removed: an invalid proposal is a format failure, never
+Follows AZR (docs/method.md, Rewards) with its known defects removed: an invalid proposal is a format failure, never
 "solved"; learnability is measured with samples at the training temperature.
 """
 
