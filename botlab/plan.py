@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from botlab.config import TeamConfig, parse_gpus
@@ -161,15 +163,30 @@ def find_hardware(team: TeamConfig, gpus: str | None = None) -> Hardware:
         except ValueError as err:
             raise PlanError(f"{source}: {err}") from None
         return Hardware(count, int(gib * GiB), True, source)
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.device_count():
-        sizes = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    sizes = _visible_gpu_memory()
+    if sizes:
         return Hardware(len(sizes), min(sizes), True, "the GPUs torch sees")
     import psutil
 
     return Hardware(1, psutil.virtual_memory().total, False, "no GPUs stated in model.gpus or seen by torch: this "
                     "machine's RAM")
+
+
+def _visible_gpu_memory() -> list[int]:
+    """Bytes of each GPU torch sees. Asked in a child process: reading them here would leave a CUDA context on GPU 0
+    for the rest of the run (in every rank of a launched run)."""
+    import torch
+
+    if not torch.cuda.is_available():  # no context: the driver is asked for a count only
+        return []
+    code = ("import torch; print([torch.cuda.get_device_properties(i).total_memory "
+            "for i in range(torch.cuda.device_count())])")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as err:
+        raise PlanError(f"torch sees GPUs but their memory could not be read ({err}); state it with model.gpus "
+                        "or --gpus") from None
 
 
 # --- the plan --------------------------------------------------------------------------------------------------------
@@ -204,11 +221,11 @@ class Plan:
     def as_dict(self) -> dict:
         return {
             "model": self.model, "fits": self.fits,
-            "architecture": {k: v for k, v in self.arch.__dict__.items()},
+            "architecture": asdict(self.arch),
             "parameters": self.arch.params, "trainable_parameters": self.trainable,
             "hardware": {"devices": self.hardware.count, "device_bytes": self.hardware.memory,
                          "gpu": self.hardware.gpu, "source": self.hardware.source},
-            "parts": [p.__dict__ | {"phases": list(p.phases)} for p in self.parts],
+            "parts": [asdict(p) | {"phases": list(p.phases)} for p in self.parts],
             "peak_bytes": {phase: self.peak(phase) for phase in BOTH},
             "problems": self.problems, "fixes": self.fixes, "notes": self.notes,
         }
@@ -226,7 +243,7 @@ def make_plan(team: TeamConfig, gpus: str | None = None) -> Plan:
 
 def estimate(team: TeamConfig, arch: Architecture, hw: Hardware) -> Plan:
     """Bytes held on the busiest device, by part, while generating and while training."""
-    model, train = team.model, team.train
+    model = team.model
     parts = [Part("runtime reserve", RUNTIME_RESERVE, BOTH,
                   "CUDA context, workspaces, fragmentation" if hw.gpu else "Python, torch and the libraries")]
     problems: list[str] = []

@@ -3,6 +3,7 @@ stated hardware, impossible plans are refused (by `plan` and, before loading any
 estimate agrees with the memory a real update takes on CPU."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from botlab.cli import app
 from botlab.config import LoraConfig
-from botlab.plan import BOTH, KNOWN_ARCHITECTURES, Architecture, find_architecture, find_hardware, make_plan
+from botlab.plan import KNOWN_ARCHITECTURES, Architecture, find_architecture, find_hardware, make_plan
 from botlab.teamfile import load_team
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +117,7 @@ def test_shipped_gpu_team_files_validate_and_fit_their_stated_hardware(name):
     assert "cruxeval-o" not in team.schedules.eval_suites or team.schedules.eval_data is not None
     result = plan_cli(path)
     assert result.exit_code == 0, result.output
-    assert "fits: yes" in result.output and f"(model.gpus)" in result.output
+    assert "fits: yes" in result.output and "(model.gpus)" in result.output
     plan = json.loads(plan_cli(path, "--json").output)
     assert plan["fits"] and plan["hardware"]["source"] == "model.gpus"
     assert max(plan["peak_bytes"].values()) <= plan["hardware"]["device_bytes"]
@@ -130,14 +131,17 @@ def test_7b_full_fine_tuning_on_one_24gb_gpu_is_refused_naming_what_to_change(tm
     assert "learner: master weights fp32                                   28.37" in result.output
     assert "fits: NO" in result.output
     fix = result.output.split("to make it fit: ")[1]
-    assert "turn on model.lora" in fix and "use 4 GPUs with FSDP (model.gpus: 4x24GB" in fix
-    assert "model.sleep_mode: true" in fix and "raise model.gpu_memory_utilization to 0.65" in fix
-    fixed = write(tmp_path, """
+    assert "turn on model.lora" in fix and "model.sleep_mode: true" in fix
+    share = re.search(r"raise model.gpu_memory_utilization to ([0-9.]+)", fix).group(1)
+    gpus = re.search(r"use \d+ GPUs with FSDP \(model.gpus: (\d+x24GB), train.sharding: fsdp\)", fix).group(1)
+    fixed = write(tmp_path, f"""
         name: t
-        model: {name: Qwen/Qwen2.5-Coder-7B, sleep_mode: true, gpu_memory_utilization: 0.65, lora: {enabled: true}}
-        train: {gradient_checkpointing: true, sharding: fsdp}
+        model: {{name: Qwen/Qwen2.5-Coder-7B, sleep_mode: true, gpu_memory_utilization: {share},
+                 lora: {{enabled: true}}}}
+        train: {{gradient_checkpointing: true, sharding: fsdp}}
     """, "fixed.yaml")
-    assert plan_cli(fixed, "--gpus", "4x24GB").exit_code == 0
+    assert plan_cli(fixed, "--gpus", gpus).exit_code == 0
+    assert plan_cli(fixed, "--gpus", "1x24GB").exit_code == 2
 
 
 def test_what_fits_nowhere_says_to_change_the_model(tmp_path):
