@@ -10,7 +10,6 @@ import asyncio
 import fcntl
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import threading
@@ -188,16 +187,17 @@ class Daemon:
         self.progress.phase("start", "loading the model")
         model_dir = resolve_model(team.model.name)
         self.learner = Learner(model_dir, team.model, team.train)
-        resume = self.store.get(RESUME_KEY)
-        if resume and not Path(resume).is_dir():
+        resume = self.store.resolve(self.store.get(RESUME_KEY))  # stored relative to the run dir (older: absolute)
+        if resume and not resume.is_dir():
             # Training on from the base weights would silently throw away every update so far.
             raise MissingState(
                 f"the resume state of step {self.store.last_step()} is missing ({resume}); put it back, or point "
                 f"botlab at a new storage_dir (checkpoints/*/botlab_state hold older resume states)")
         if resume:
-            load_resume_state(Path(resume), self.learner)
+            load_resume_state(resume, self.learner)
             self.progress.note(f"resuming after step {self.store.last_step()} from {resume}")
-        self.learner = lead(self.learner, resume, self.store)  # the follower ranks of a launch, if any
+        # The follower ranks of a launch, if any.
+        self.learner = lead(self.learner, str(resume) if resume else None, self.store)
         self.progress.phase("start", "starting the rollout engine")
         shared = self.learner.accelerator.unwrap_model(self.learner.model)
         self.engine, why = create_engine(team.model, model_dir, learner_model=shared)
@@ -252,9 +252,10 @@ class Daemon:
 
             def extra(db, state=state, checkpoint=checkpoint, step=step):
                 db.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                           "SET value = excluded.value", (RESUME_KEY, json.dumps(str(state))))
+                           "SET value = excluded.value", (RESUME_KEY, json.dumps(store.relative(state))))
                 if checkpoint is not None:
-                    db.execute("UPDATE steps SET checkpoint = ? WHERE step = ?", (str(checkpoint), step))
+                    db.execute("UPDATE steps SET checkpoint = ? WHERE step = ?",
+                               (store.relative(checkpoint), step))
 
             self.selfplay.commit(report, started, extra_writes=extra)
             prune_resume_states(team.run_dir, keep=state)
@@ -278,10 +279,13 @@ class Daemon:
     def _evaluate(self, step: int, side: SideLoop) -> None:
         """The periodic held-out evaluation, on the in-process engine; a bad eval setting never stops training."""
         from botlab.evaluation import EvalError, describe, record, run_suite
+        from botlab.selfplay import heldout
 
         schedules = self.team.schedules
         data = self.team.resolve_path(schedules.eval_data) if schedules.eval_data else None
         for suite in schedules.eval_suites:
+            if suite == "heldout" and not heldout.counts(self.store):
+                continue  # nothing admitted yet: the split fills as tasks are admitted
             self._phase(side, f"step {step}", f"eval {suite}")
             try:
                 results = run_suite(self.engine, self.executor, self.team, suite, data=data,
@@ -397,10 +401,6 @@ class Daemon:
 
 
 def _setup_logging(run_dir: Path) -> None:
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(logs / "botlab.log", maxBytes=10_000_000, backupCount=5)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    from botlab.logs import setup_run_logging
+
+    setup_run_logging(run_dir)  # everything to logs/botlab.log; the console gets progress, warnings and errors
