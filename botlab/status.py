@@ -14,6 +14,8 @@ from botlab.selfplay import heldout
 from botlab.store import Store, open_store
 
 LOCK_NAME = "daemon.lock"
+RESUME_KEY = "resume_state"  # = botlab.selfplay.checkpoints.RESUME_KEY (not imported here: that loads torch)
+RECENT_FEEDBACK = 5
 
 
 def daemon_alive(run_dir: Path) -> bool:
@@ -68,16 +70,28 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
         "solve_rates": summary.get("solve_rates", {}),
         "valid_rate": summary.get("valid_rate"),
         "buffer_sizes": buffers,
+        "heldout_sizes": heldout.counts(store),
         "last_digest": dict(last_digest[0]) if last_digest else None,
         "next_digest_at": store.get("next_digest_at"),
-        "heldout_sizes": heldout.counts(store),
         "pending_feedback": store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'"),
         "unsent_messages": store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"),
         "last_eval": store.get("last_eval"),
         "engine": store.get("engine"),
         "errors_since_start": errors,
+        "resume_state": _found(store.resolve(store.get(RESUME_KEY))),
+        "last_checkpoint": _found(store.resolve(store.scalar(
+            "SELECT checkpoint FROM steps WHERE checkpoint IS NOT NULL ORDER BY step DESC LIMIT 1"))),
+        "curriculum": load_curriculum(store).model_dump(),
+        "recent_feedback": [dict(r) for r in store.query(
+            "SELECT id, channel, sender, received_at, text, status, response FROM feedback ORDER BY id DESC LIMIT ?",
+            (RECENT_FEEDBACK,))][::-1],
         "checked_at": time.time(),
     }
+
+
+def _found(path: Path | None) -> dict[str, Any] | None:
+    """A stored path as found now (resolved against the run dir, which may have moved) and whether it is there."""
+    return None if path is None else {"path": str(path), "present": path.exists()}
 
 
 def _seconds_per_step(store: Store, window: int = 10) -> float | None:

@@ -117,6 +117,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+RUN_DIR_PARTS = ("state", "checkpoints")  # the run dir's folders whose paths the store keeps
 
 
 class StoreError(Exception):
@@ -217,6 +218,35 @@ class Store:
     def last_step(self) -> int:
         """The last committed step, or 0 before the first."""
         return self.scalar("SELECT COALESCE(MAX(step), 0) FROM steps")
+
+    # --- paths: stored relative to the run dir, so the run dir can be moved -------------------------------------
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    def relative(self, path: Path | str) -> str:
+        """How a path is stored: relative to the run dir when it lies inside it."""
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.run_dir.resolve()))
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str | None) -> Path | None:
+        """A stored path as it is now. Old runs stored absolute paths: one that is gone is looked for at the same
+        place inside this run dir (state/..., checkpoints/...), where a moved run dir has it."""
+        if not stored:
+            return None
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.run_dir / path
+        if path.exists():
+            return path
+        for i, part in enumerate(path.parts):
+            if part in RUN_DIR_PARTS and (self.run_dir / Path(*path.parts[i:])).exists():
+                return self.run_dir / Path(*path.parts[i:])
+        return path
 
 
 def open_store(run_dir: Path) -> Store:

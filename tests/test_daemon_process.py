@@ -80,7 +80,7 @@ def test_kill_9_at_random_points_then_resume(tmp_path, builtin_model_dir):
     counts = check_run_invariants(run_dir)
     assert counts["steps"] == steps and counts["feedback"] == 2 and counts["digests"] >= 1
     # One optimizer update per committed step: no redone step was applied twice, none was skipped.
-    state = torch.load(Path(read_kv(db_path, "resume_state")) / "learner.pt", weights_only=False)
+    state = torch.load(run_dir / read_kv(db_path, "resume_state") / "learner.pt", weights_only=False)
     updates = {float(s["step"]) for s in state["optimizer"]["state"].values()}
     assert updates == {float(steps)}
     assert len(events(db_path, "restart")) == len(kill_points)  # every run after a kill said it found a crash
@@ -106,7 +106,7 @@ def test_sigterm_finishes_the_step_in_flight(tmp_path, builtin_model_dir):
     assert events(db_path, "restart") == []
 
     # Without its resume state the team must not train on from the base weights: a clear error, nothing changed.
-    state = Path(read_kv(db_path, "resume_state"))
+    state = db_path.parent / read_kv(db_path, "resume_state")
     state.rename(state.with_name("moved-away"))
     refused = botlab("run", str(team))
     assert refused.returncode == 1

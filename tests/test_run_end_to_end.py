@@ -31,7 +31,7 @@ def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
     assert {"rewards", "solve_rates", "valid_rate", "format_rate"} <= set(summary)
     assert {"propose", "validate", "review", "learnability", "solve", "learn"} <= set(json.loads(steps[-1][2]))
     assert db.execute("SELECT COUNT(*) FROM samples WHERE step = 1").fetchone()[0] >= 2
-    checkpoint = Path(steps[-1][3])
+    checkpoint = run_dir / steps[-1][3]  # relative to the run dir
     db.close()
 
     from transformers import AutoModelForCausalLM

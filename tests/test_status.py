@@ -13,7 +13,7 @@ from botlab.teamfile import load_team
 FIELDS = {"team", "run_dir", "state", "step", "total_steps", "phase", "last_step_at", "seconds_per_step",
           "tokens_per_second", "rewards", "solve_rates", "valid_rate", "buffer_sizes", "last_digest",
           "next_digest_at", "pending_feedback", "unsent_messages", "last_eval", "engine", "errors_since_start",
-          "checked_at"}
+          "resume_state", "last_checkpoint", "curriculum", "recent_feedback", "checked_at"}
 
 
 def team_file(tmp_path: Path) -> Path:
@@ -65,3 +65,61 @@ def test_fields_of_a_run_that_crashed(tmp_path):
 
     table = CliRunner().invoke(app, ["status", str(path)])
     assert table.exit_code == 0 and "crashed" in table.output and "vllm: importable" in table.output
+
+
+def test_a_moved_run_dir_still_finds_its_state(tmp_path):
+    """Paths are stored relative to the run dir: after moving it, status (and a resume, which reads the same
+    resolved path in daemon._build) find the resume state and the checkpoint; an old absolute value still works."""
+    import shutil
+
+    from botlab.selfplay.checkpoints import RESUME_KEY
+
+    path = team_file(tmp_path)
+    old_run = load_team(path).run_dir
+    with open_store(old_run) as store:
+        state, checkpoint = old_run / "state" / "step-000002", old_run / "checkpoints" / "step-000002"
+        for folder in (state, checkpoint):
+            folder.mkdir(parents=True)
+        assert store.relative(state) == "state/step-000002"
+        store.put(RESUME_KEY, store.relative(state))
+        with store.transaction() as db:
+            db.execute("INSERT INTO steps(step, started_at, finished_at, checkpoint) VALUES (2, 0, 1, ?)",
+                       (store.relative(checkpoint),))
+            db.execute("INSERT INTO steps(step, started_at, finished_at, checkpoint) VALUES (1, 0, 1, ?)",
+                       (str(old_run / "checkpoints" / "step-000001"),))  # written by an older botlab
+    shutil.move(tmp_path / "runs", tmp_path / "elsewhere")
+    path.write_text(path.read_text().replace(str(tmp_path / "runs"), str(tmp_path / "elsewhere")))
+    new_run = load_team(path).run_dir
+    info = status_json(path)
+    assert info["resume_state"] == {"path": str(new_run / "state" / "step-000002"), "present": True}
+    assert info["last_checkpoint"] == {"path": str(new_run / "checkpoints" / "step-000002"), "present": True}
+    with open_store(new_run) as store:
+        assert store.resolve(store.get(RESUME_KEY)).is_dir()
+        # An absolute path of the old place is found at the same place under the moved run dir.
+        assert store.resolve(str(old_run / "state" / "step-000002")) == new_run / "state" / "step-000002"
+        assert store.resolve(str(old_run / "checkpoints" / "step-000001")) == old_run / "checkpoints" / "step-000001"
+        # ...and one outside the run dir is kept as it is.
+        assert store.relative(tmp_path / "x") == str(tmp_path / "x")
+
+
+def test_status_shows_the_curriculum_and_what_each_feedback_changed(tmp_path, monkeypatch):
+    from botlab import cli
+    from botlab.notifiers.feedback import apply_pending, record
+    from botlab.notifiers.replies import Incoming
+
+    path = team_file(tmp_path)
+    with open_store(load_team(path).run_dir) as store:
+        for n, text in enumerate(["/weights induction=0.5", "deduction is too easy", "make it more interesting"]):
+            record(store, Incoming(channel="email", external_id=f"<{n}@x>", sender="h@x.test", text=text))
+        apply_pending(store)
+    info = status_json(path)
+    assert info["curriculum"]["task_weights"]["induction"] == 0.5
+    assert [(f["text"], f["status"]) for f in info["recent_feedback"]] == [
+        ("/weights induction=0.5", "applied"), ("deduction is too easy", "applied"),
+        ("make it more interesting", "question")]
+    assert info["recent_feedback"][1]["response"] == "deduction difficulty +0 -> +1"
+    monkeypatch.setattr(cli.console, "width", 250)  # one line per row
+    table = CliRunner().invoke(app, ["status", str(path)])
+    assert table.exit_code == 0, table.output
+    assert "weights deduction 1, abduction 1, induction 0.5; difficulty +0; deduction difficulty +1" in table.output
+    assert '"deduction is too easy" -> applied: deduction difficulty +0 -> +1' in table.output

@@ -12,6 +12,9 @@ import os
 # imports vllm: its engine reads the variable when it starts, and a second process would also break `collective_rpc`
 # with a weights iterator. (Scripts that start an engine still need `if __name__ == "__main__":`.)
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+# vLLM's records go through botlab's logging (the run's log file, botlab.logs) instead of a handler of its own that
+# prints its config dump and per-sync warnings on stdout. Read once, when vllm is imported.
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 from botlab.engines.base import Completion, Engine, EngineError, Sampling  # noqa: E402
 from botlab.engines.choose import create_engine  # noqa: E402
