@@ -319,6 +319,9 @@ def _learner(team: TeamConfig, arch: Architecture, hw: Hardware, notes: list[str
     if train.sharding != "none" and sharding == "none":
         notes.append(f"train.sharding {train.sharding} does nothing on {'one GPU' if hw.gpu else 'CPU'}")
     shards = hw.count if sharding == "fsdp" else 1
+    if shards > 1:
+        notes.append("train.sharding fsdp: the multi-GPU learner runs DDP so far (botlab/selfplay/distributed.py); "
+                     "this plan is what it needs once it shards")
     over = f" / {shards} (fsdp)" if shards > 1 else ""
     parts = []
     if model.lora.enabled:
@@ -370,8 +373,8 @@ def activation_bytes(arch: Architecture, tokens: int, checkpointing: bool, lora_
     Each LoRA adapter keeps its own bf16 copy of its layer's input: 2 bytes per input feature (`lora_inputs`, summed
     over the adapted layers).
       without checkpointing: layers · tokens · (34·h + 8·i + 2·lora_inputs)
-      with checkpointing:    layers · tokens · 4·h (each layer's fp32 input) + tokens · (34·h + 8·i + 2·lora_inputs)
-                             (one layer recomputed at a time)
+      with checkpointing:    layers · tokens · 4·h (each layer's fp32 input)
+                             + tokens · (34·h + 8·i + 2·lora_inputs) (one layer recomputed at a time)
     """
     per_layer = tokens * (34 * arch.hidden + 8 * arch.intermediate + 2 * lora_inputs)
     if checkpointing:

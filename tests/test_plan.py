@@ -227,19 +227,29 @@ def test_without_gpus_it_plans_for_this_machines_ram(tmp_path, builtin_model_dir
 # --- botlab run -------------------------------------------------------------------------------------------------------
 
 
-def test_run_refuses_a_plan_that_cannot_fit_before_loading_anything(tmp_path):
-    """The 7B is not on this machine: a run that got as far as loading would fail on it after creating its run dir."""
+def run_too_big(tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
+    """`botlab run` of a 7B on one 24 GB GPU. The 7B is not on this machine: a run that got as far as loading would
+    fail on it, after creating its run dir."""
     team = write(tmp_path, """
         name: too-big
         storage_dir: runs
         model: {name: Qwen/Qwen2.5-Coder-7B, gpus: 1x24GB}
     """)
-    command = [sys.executable, "-m", "botlab.cli", "run", str(team), "--steps", "1"]
-    refused = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    command = [sys.executable, "-m", "botlab.cli", "run", str(team), "--steps", "1", *options]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_run_refuses_a_plan_that_cannot_fit_before_loading_anything(tmp_path):
+    refused = run_too_big(tmp_path)
     assert refused.returncode == 2, refused.stderr
-    assert "botlab run refuses a plan that does not fit" in refused.stderr
+    assert "fits: NO" in refused.stderr and "botlab run refuses a plan that does not fit" in refused.stderr
     assert not (tmp_path / "runs").exists()  # no lock, no store, no log: nothing was started
-    forced = subprocess.run(command + ["--ignore-plan"], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+@pytest.mark.slow
+def test_run_with_ignore_plan_goes_on_to_load_the_model(tmp_path):
+    """The escape hatch (and the proof that the refusal above happens before the daemon starts)."""
+    forced = run_too_big(tmp_path, "--ignore-plan")
     assert forced.returncode == 1  # past the plan: the model loader says the model is not downloaded
     assert "not in the Hugging Face cache" in forced.stdout + forced.stderr
     assert (tmp_path / "runs" / "too-big").is_dir()
