@@ -126,7 +126,7 @@ class SelfPlay:
         rng = random.Random(f"{self.team.train.seed}-seed-{round_no}")
         curriculum = load_curriculum(self.store)
         on_phase("seed: propose")
-        proposals = self._propose(curriculum, rng, only_below_seed=True, temperature=self.cfg.seed_temperature)
+        proposals = self._propose(curriculum, rng, seeding=True, temperature=self.cfg.seed_temperature)
         on_phase("seed: validate")
         self._validate(proposals)
         on_phase("seed: review")
@@ -222,7 +222,7 @@ class SelfPlay:
         total = sum(weights.values())
         return max(1, round(batch * len(active) * weights[task_type] / total)) if total else 0
 
-    def _propose(self, curriculum: Curriculum, rng: random.Random, only_below_seed: bool = False,
+    def _propose(self, curriculum: Curriculum, rng: random.Random, seeding: bool = False,
                  temperature: float | None = None) -> list[Proposal]:
         prompts: list[Prompt] = []
         programs: list[Triplet | None] = []
@@ -230,7 +230,7 @@ class SelfPlay:
         if temperature is not None:
             role_cfg = role_cfg.model_copy(update={"temperature": temperature})
         for task_type in self._active_types(curriculum):
-            if only_below_seed and self.buffers.size(task_type) >= self.cfg.seed_size:
+            if seeding and self.buffers.size(task_type) >= self.cfg.seed_size:
                 continue
             for _ in range(self._share(task_type, self.cfg.propose_batch, curriculum)):
                 program = None
@@ -240,7 +240,8 @@ class SelfPlay:
                         continue
                     references = [program]
                 else:
-                    references = self.buffers.references(task_type, self.cfg.references, rng)
+                    references = self.buffers.references(task_type, self.cfg.references, rng,
+                                                         skip_zero=seeding)
                 parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
                 prompts.append((task_type, self.proposer.messages(task_type, references, curriculum), parts))
                 programs.append(program)
