@@ -115,9 +115,11 @@ def test_weight_change_changes_greedy_output_and_a_plain_reload_does_not(engine,
     with perturbed(engine_learner, engine, scale=0.1):
         assert engine.generate([prompt], greedy)[0][0].token_ids != before
     assert engine.weight_version == version + 3
-    # The loop's GPU cycle: sleep while the learner trains, wake up, generate (no-ops where unsupported).
+    # The step's GPU cycle: sleep while the learner trains, wake up, take the weights (sleep may have dropped them),
+    # generate. Sleep and wake-up are no-ops where unsupported (CPU).
     engine.sleep()
     engine.wake_up()
+    engine.load_weights(engine_learner.named_parameters())
     assert engine.generate([prompt], greedy)[0][0].token_ids == before
 
 

@@ -65,6 +65,7 @@ class Engine(ABC):
     """Batched generation for the self-play loop, with live weight updates from the learner."""
 
     name: str
+    can_sleep = False  # whether sleep() really releases accelerator memory
 
     def __init__(self, tokenizer, max_model_len: int, vocab_size: int) -> None:
         self.tokenizer = tokenizer
@@ -101,10 +102,11 @@ class Engine(ABC):
         self.weight_version += 1
 
     def sleep(self) -> None:
-        """Release accelerator memory while the learner trains (no-op where the backend cannot)."""
+        """Release accelerator memory while the learner trains (a no-op unless `can_sleep`). The weights may be
+        dropped: the way back is `wake_up()` then `load_weights(...)`, as the self-play step does."""
 
     def wake_up(self) -> None:
-        """Undo `sleep` before the next `load_weights`/`generate` (no-op where the backend cannot)."""
+        """Undo `sleep` before the `load_weights` that follows it (a no-op unless `can_sleep`)."""
 
     def close(self) -> None:
         """Free the engine's memory; the engine is unusable afterwards."""

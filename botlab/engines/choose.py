@@ -53,6 +53,11 @@ def create_engine(
         engine = VLLMEngine(model_cfg, model_dir)
         reason = "model.engine is 'vllm'" if choice == "vllm" else "model.engine is 'auto' and `import vllm` works"
         why = f"vllm: {reason} (vLLM {vllm_version}, {_device_kind()}, in-process, dtype {engine.dtype})"
+        if model_cfg.tensor_parallel_size > 1:
+            why += f"; {model_cfg.tensor_parallel_size} tensor-parallel workers, synced through shared memory"
+    if model_cfg.sleep_mode and not engine.can_sleep:
+        where = "the transformers engine" if engine.name == "transformers" else f"vLLM on the {_device_kind()}"
+        why += f"; model.sleep_mode is ignored: {where} has no sleep mode"
     log.info("rollout engine %s", why)
     return engine, why
 

