@@ -74,18 +74,3 @@ def test_same_seed_same_sample(tmp_path):
     a = [t.id for t in buffers.references("deduction", 6, random.Random("0-7"))]
     b = [t.id for t in buffers.references("deduction", 6, random.Random("0-7"))]
     assert a == b
-
-
-def test_seeding_references_leave_out_the_zero_triplet(tmp_path):
-    from botlab.tasks import zero_triplet
-
-    store = Store(tmp_path / "db.sqlite")
-    buffers = Buffers(store, SelfPlayConfig())
-    with store.transaction() as db:
-        buffers.add(db, "deduction", insert_task(db, -1, zero_triplet("deduction"), "admitted", None), -1)
-    rng = random.Random(0)
-    assert [t.program for t in buffers.references("deduction", 6, rng)] == [zero_triplet("deduction").program]
-    assert buffers.references("deduction", 6, rng, skip_zero=True) == []  # no reference beats one to copy
-    fill(store, buffers, "deduction", [1, 2])
-    seen = {t.inputs[0] for _ in range(20) for t in buffers.references("deduction", 6, rng, skip_zero=True)}
-    assert seen == {"1", "2"}

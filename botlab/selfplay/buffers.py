@@ -14,7 +14,7 @@ import time
 
 from botlab.config import SelfPlayConfig, TaskType
 from botlab.store import Store
-from botlab.tasks import ZERO_PROGRAM, Triplet
+from botlab.tasks import Triplet
 
 PROGRAM_TYPES: tuple[TaskType, ...] = ("deduction", "abduction")  # induction proposers draw programs from these
 
@@ -32,14 +32,9 @@ class Buffers:
     def sizes(self) -> dict[str, int]:
         return {t: self.size(t) for t in ("deduction", "abduction", "induction")}
 
-    def references(self, task_type: TaskType, k: int, rng: random.Random, skip_zero: bool = False) -> list[Triplet]:
-        """K distinct tasks of this type, uniformly; `skip_zero` leaves out the zero triplet (seeding: a small model
-        shown only the identity function writes the identity function again)."""
+    def references(self, task_type: TaskType, k: int, rng: random.Random) -> list[Triplet]:
+        """K distinct tasks of this type, uniformly."""
         ids = self._ids(task_type)
-        if skip_zero:
-            zero = {r["id"] for r in self.store.query("SELECT id FROM tasks WHERE step = -1 AND program = ?",
-                                                      (ZERO_PROGRAM,))}
-            ids = [i for i in ids if i not in zero]
         return self._load(rng.sample(ids, min(k, len(ids))), task_type)
 
     def program_for_induction(self, rng: random.Random) -> Triplet | None:

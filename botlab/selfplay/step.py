@@ -240,8 +240,7 @@ class SelfPlay:
                         continue
                     references = [program]
                 else:
-                    references = self.buffers.references(task_type, self.cfg.references, rng,
-                                                         skip_zero=seeding)
+                    references = self.buffers.references(task_type, self.cfg.references, rng)
                 parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
                 prompts.append((task_type, self.proposer.messages(task_type, references, curriculum), parts))
                 programs.append(program)
