@@ -81,7 +81,7 @@ def test_bad_enum(tmp_path):
           engine: vlm
     """)
     assert problems(path) == [
-        "team.yaml:3: model.engine: Input should be 'auto', 'vllm' or 'transformers' (got 'vlm')"
+        "team.yaml:3: model.engine: Input should be 'auto', 'vllm', 'transformers' or 'server' (got 'vlm')"
     ]
 
 
