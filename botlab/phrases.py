@@ -70,9 +70,11 @@ _NEGATION = re.compile(r"\b(?:not|don'?t|do not|never|no need to|doesn'?t|isn'?t
 _FILLER = re.compile(
     r"^(?:(?:ok(?:ay)?|so|also|then|now|maybe|perhaps|and|but|please|pls|kindly|hey|hi|i think|i'd like(?: you)? to"
     r"|i would like(?: you)? to|i want(?: you)? to|could you|can you|would you|let'?s|try to|you should|we should"
-    r"|you could|you can|you may|go ahead and|for now|from now on)\b[\s,:]*)+"
+    r"|you could|you can|you may|go ahead and|for now|from now on|i want|we want|i'd like|i would like|give me"
+    r"|give us|let'?s have|let'?s do|do)\b[\s,:]*)+"
     r"|(?:[\s,]*\b(?:please|pls|thanks|thank you|for now|from now on|for a while|instead|again|anymore|any more"
-    r"|though|as well|too|at once|at the same time)\b)+$", re.I)
+    r"|though|as well|too|at once|at the same time|right now|now|at the moment|lately|these days|currently"
+    r"|for (?:it|the model|him|her|them|us))\b)+$", re.I)
 
 
 def _clean(text: str) -> str:
@@ -111,6 +113,7 @@ class _Clause:
 
 def _difficulty(clause: _Clause, subject: str, harder: bool) -> _Clause:
     make = Harder if harder else Easier
+    subject = subject.strip(" :-,")
     types = _types(subject)
     if types:
         clause.directives = [make(task_type=t) for t in types]
@@ -128,8 +131,10 @@ def _weights(clause: _Clause, objects: str, change: Callable[[float], float], wh
     if types:
         clause.weights = {t: change for t in types}
     else:
+        topic = re.sub(r"^(?:focus(?:ing)? on|making|proposing|doing)\s+", "", objects, flags=re.I)
+        instead = f'"focus on {topic}"' if "raise" in what else '"stop focusing" (clears the focus topics)'
         clause.question = (f'"{clause.text}": only task types ({", ".join(TASK_TYPES)}) have {what}; for a topic '
-                           f'say "focus on {objects}" or give the reviewer a rule ("rule: ...")')
+                           f'say {instead} or give the reviewer a rule ("rule: reject {topic}")')
     return clause
 
 
@@ -174,10 +179,18 @@ def _stop(clause: _Clause, objects: str, topic_rule: bool = False) -> _Clause:
     return _weights(clause, objects, lambda w: 0.0, "weights to switch off")
 
 
+def _double(weight: float) -> float:
+    return min(MAX_WEIGHT, max(1.0, weight * 2))
+
+
+def _halve(weight: float) -> float:
+    return round(weight / 2, 3)
+
+
 def _more(clause: _Clause, objects: str) -> _Clause:
     if not _types(objects) and re.search(rf"\s{_NOUN}$", objects, re.I):
         return _focus(clause, objects)  # "more string manipulation tasks": a topic
-    return _weights(clause, objects, lambda w: min(MAX_WEIGHT, max(1.0, w * 2)), "a share to raise")
+    return _weights(clause, objects, _double, "a share to raise")
 
 
 def _rule(clause: _Clause, rule: str) -> _Clause:
@@ -197,9 +210,9 @@ _PHRASES: list[tuple[re.Pattern, Callable[..., _Clause | None]]] = [(re.compile(
     # difficulty
     (rf"^(.*?)\s*(?:{_COPULA}\s+)?{_DEGREE}not\s+{_HARD}\s+enough$", lambda c, s: _difficulty(c, s, True)),
     (rf"^(.*?)\s*(?:{_COPULA}\s+)?{_DEGREE}not\s+{_EASY}\s+enough$", lambda c, s: _difficulty(c, s, False)),
-    (rf"^(.*?)\s*(?:{_COPULA}\s+)?{_DEGREE}too\s+{_EASY}(?:\s+(?:for (?:it|the model|him|her|them)|now))*$",
+    (rf"^(.*?)\s*(?:{_COPULA}\s+)?{_DEGREE}too\s+{_EASY}$",
      lambda c, s: _difficulty(c, s, True)),
-    (rf"^(.*?)\s*(?:{_COPULA}\s+)?{_DEGREE}too\s+{_HARD}(?:\s+(?:for (?:it|the model|him|her|them)|now))*$",
+    (rf"^(.*?)\s*(?:{_COPULA}\s+)?{_DEGREE}too\s+{_HARD}$",
      lambda c, s: _difficulty(c, s, False)),
     (rf"^(.+?)\s+{_COPULA}\s+{_DEGREE}(?:trivial|boring)$", lambda c, s: _difficulty(c, s, True)),
     (rf"^(?:make|making|keep making)\s+(.*?)\s*{_DEGREE}{_HARDER}$", lambda c, s: _difficulty(c, s, True)),
@@ -210,6 +223,8 @@ _PHRASES: list[tuple[re.Pattern, Callable[..., _Clause | None]]] = [(re.compile(
      lambda c, s: _difficulty(c, s, False)),
     (rf"^{_DEGREE}{_HARDER}(?:\s+(.*?))?$", lambda c, s=None: _difficulty(c, s or "", True)),
     (rf"^{_DEGREE}{_EASIER}(?:\s+(.*?))?$", lambda c, s=None: _difficulty(c, s or "", False)),
+    (r"^(?:ease off|ease up|tone (?:it|them) down|go easier)(?:\s+on\s+(.+?))?(?:\s+a (?:bit|little))?$",
+     lambda c, s=None: _difficulty(c, s or "it", False)),  # after "abduction is too hard": abduction
     (rf"^(?:raise|increase|crank up|bump up|turn up|up)\s+(?:the\s+)?(?:(\S+)\s+)?difficulty$",
      lambda c, s=None: _difficulty(c, s or "", True)),
     (rf"^(?:lower|decrease|reduce|turn down|bring down)\s+(?:the\s+)?(?:(\S+)\s+)?difficulty$",
@@ -228,16 +243,21 @@ _PHRASES: list[tuple[re.Pattern, Callable[..., _Clause | None]]] = [(re.compile(
      lambda c: _set(c, Resume())),
     (r"^(?:send|give|show|mail|email)\s+(?:me\s+|us\s+)?(?:a\s+|an\s+|the\s+)?(?:new\s+|fresh\s+)?(?:digest|update"
      r"|report|status|summary|progress report|progress update|status update)(?:\s+(?:now|today|asap))*$"
-     r"|^digest(?: now)?$|^how(?:'s| is| are)\s+(?:it|things|training|the training|the run|it all) going$",
+     r"|^(?:a |an |the )?(?:new |fresh )?(?:digest|update|progress report|status update)(?: now)?$"
+     r"|^how(?:'s| is| are)\s+(?:it|things|training|the training|the run|it all) going$",
      lambda c: _set(c, DigestNow())),
     # weights
     (r"^(?:no more|no)\s+(?!need\b|worries\b|problem|rush\b|complaints?\b)(.+)$", lambda c, o: _stop(c, o, True)),
     (r"^(?:stop|drop|skip|disable|turn off|switch off|pause)\s+(?:doing\s+|with\s+)?(.+)$", _stop),
     (rf"^(?:only|just)\s+(.+?)(?:\s+{_NOUN})?$|^(.+?)\s+only$", lambda c, a=None, b=None: _only(c, a or b)),
+    (r"^(?:put\s+)?more weight (?:on|to)\s+(.+)$|^give\s+(.+?)\s+more weight$",
+     lambda c, a=None, b=None: _weights(c, a or b, _double, "a share to raise")),
+    (r"^(?:put\s+)?less weight (?:on|to)\s+(.+)$|^give\s+(.+?)\s+less weight$",
+     lambda c, a=None, b=None: _weights(c, a or b, _halve, "a share to lower")),
     (r"^more\s+(?:of\s+)?(?:the\s+)?(.+?)$|^(.+?)\s+more(?:\s+often)?$", lambda c, a=None, b=None: _more(c, a or b)),
     (rf"^(?:less|fewer|reduce|cut (?:back|down) on|lower)\s+(?:of\s+)?(?:the\s+)?(.+?)$|^(.+?)\s+less(?:\s+often)?$",
-     lambda c, a=None, b=None: _weights(c, a or b, lambda w: round(w / 2, 3), "a share to lower")),
-    (rf"^(?:set\s+)?(?:the\s+)?{_TYPE_G}(?:\s+weight)?\s*(?:to|=|:|at|weight)\s*{_N}$", _set_weight),
+     lambda c, a=None, b=None: _weights(c, a or b, _halve, "a share to lower")),
+    (rf"^(?:set\s+)?(?:the\s+)?{_TYPE_G}(?:\s+weight)?\s*(?:(?:to|=|:|at|weight)\s*)?{_N}$", _set_weight),
     (rf"^(?:set\s+)?(?:the\s+)?weight\s+(?:of|for)\s+{_TYPE_G}\s*(?:to|=|:|at)\s*{_N}$", _set_weight),
     (r"^(?:(?:back to|use|reset(?: the)?|set)\s+)?(?:equal|even|balanced?|the same)\s+(?:weights|mix|shares?)$"
      r"|^(?:reset|balance)\s+(?:the\s+)?(?:weights|task types|types|mix)$",

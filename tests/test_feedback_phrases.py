@@ -54,9 +54,13 @@ TABLE = [
     ("Nice work! Abduction should be easier though.", [Easier(task_type="abduction")]),
     ("Induction is going well. It is too easy though", [Harder(task_type="induction")]),
     ("lower the induction difficulty", [Easier(task_type="induction")]),
+    ("Deduction: too easy.", [Harder(task_type="deduction")]),
+    ("Hi team, the abduction ones seem too hard for the model right now. Maybe ease off a bit?",
+     [Easier(task_type="abduction")]),
     # difficulty of everything
     ("everything is too easy", [Harder()]),
     ("this is too hard for it", [Easier()]),
+    ("I want harder problems", [Harder()]),
     ("It's too easy.", [Harder()]),
     ("the tasks are not challenging enough", [Harder()]),
     ("raise the difficulty", [Harder()]),
@@ -72,6 +76,9 @@ TABLE = [
     ("induction weight 0.5", [W(induction=0.5)]),
     ("equal weights please", [W(deduction=1.0)]),
     ("less induction and more abduction", [W(abduction=2.0, induction=0.5)]),
+    ("Can you put more weight on induction?", [W(induction=2.0)]),
+    ("Let's do more deduction and less abduction.", [W(deduction=4.0, abduction=0.5)]),
+    ("deduction 2, abduction 0", [W(abduction=0.0)]),
     # reviewer rules
     ("rule: reject functions that only return their input, or that sort and reverse",
      [ReviewerRule(rule="reject functions that only return their input, or that sort and reverse")]),
@@ -100,6 +107,8 @@ TABLE = [
     ("more steps please", [Ask("only task types", "steps")]),
     ("set deduction to 50", [Ask("weights go from 0 to 10")]),
     ("harder, and less string stuff", [Harder(), Ask('"less string stuff"', "only task types")]),
+    ("stop making string tasks", [Ask("only task types", 'rule: reject string tasks')]),
+    ("why is deduction so hard?", [Ask('did not understand "why is deduction so hard"')]),
 ]
 
 
