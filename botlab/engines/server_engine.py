@@ -10,8 +10,8 @@ server takes the next prompt as soon as it has a free slot). `logprobs=0` return
 `--logprobs-mode processed_logprobs` makes them those of the distribution each token was sampled from.
 
 Weight push: the learner writes a safetensors snapshot into `model.server_weights_dir`, then every server reloads it
-through `/collective_rpc` (the `WeightPush` worker extension) and resets its prefix cache. Servers on other machines
-need that folder on a filesystem they share with the learner. (vLLM's NCCL weight-transfer routes need CUDA on both
+through `/collective_rpc` (the `WeightPush` worker extension) and resets its prefix cache; the snapshot is then
+deleted. Servers on other machines need that folder on a filesystem they share with the learner. (vLLM's NCCL weight-transfer routes need CUDA on both
 sides; they are the way to skip the disk between GPU hosts.)
 """
 
@@ -63,14 +63,12 @@ class ServerEngine(Engine):
         self.tied_head = bool(config.get("tie_word_embeddings", False))
         info = self._server_info(cfg.max_model_len)
         self.dtype = getattr(torch, info["dtype"])  # the snapshot is written in the servers' dtype: half the bytes
-        self.pushes = 0
         self.prompts_by_server: Counter[str] = Counter()  # how the load spread, for anyone watching the servers
         self.push_seconds: float | None = None
         self._own_root = cfg.server_weights_dir is None
         root = Path(tempfile.mkdtemp(prefix="botlab-weights-")) if self._own_root else Path(cfg.server_weights_dir)
         root.mkdir(parents=True, exist_ok=True)
         self.weights_root = root
-        self._snapshot: Path | None = None
         super().__init__(load_tokenizer(model_dir), cfg.max_model_len, info["vocab_size"])
         # A long-lived server may still hold another run's weights: make it serve model_dir, as other engines do.
         try:
@@ -133,30 +131,28 @@ class ServerEngine(Engine):
         self._push(named)
 
     def _push(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Write one snapshot, have every server reload it and drop its prefix cache, then delete the previous one."""
+        """Write one snapshot, have every server reload it and drop its prefix cache, then delete the snapshot."""
         from safetensors.torch import save_file
 
         started = time.perf_counter()
-        self.pushes += 1
-        snapshot = self.weights_root / f"push-{self.pushes:06d}"
-        snapshot.mkdir()
-        tensors = {
-            name: tensor.detach().to("cpu", self.dtype).contiguous()  # a GPU learner's tensors too
-            for name, tensor in named
-            if not (self.tied_head and name == "lm_head.weight")  # vLLM loads the tied head from the embeddings
-        }
-        save_file(tensors, str(snapshot / "model.safetensors"))
-        del tensors
-        _run(self._reload_all(snapshot))
-        previous, self._snapshot = self._snapshot, snapshot
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+        snapshot = Path(tempfile.mkdtemp(prefix="push-", dir=self.weights_root))  # unique, even in a shared folder
+        try:
+            tensors = {
+                name: tensor.detach().to("cpu", self.dtype).contiguous()  # a GPU learner's tensors too
+                for name, tensor in named
+                if not (self.tied_head and name == "lm_head.weight")  # vLLM loads the tied head from the embeddings
+            }
+            save_file(tensors, str(snapshot / "model.safetensors"))
+            del tensors
+            _run(self._reload_all(snapshot))
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)  # the servers hold the weights now; nothing reads it again
         self.push_seconds = time.perf_counter() - started
         log.info("weights pushed to %d server(s) in %.1f s", len(self.urls), self.push_seconds)
 
     async def _reload_all(self, snapshot: Path) -> None:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            await asyncio.gather(*(self._reload(client, url, snapshot) for url in self.urls))
+            await _all(self._reload(client, url, snapshot) for url in self.urls)
 
     async def _reload(self, client: httpx.AsyncClient, url: str, snapshot: Path) -> None:
         try:
@@ -194,15 +190,12 @@ class ServerEngine(Engine):
 
     async def _ask_all(self, method: str) -> list[dict]:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            return list(await asyncio.gather(*(_rpc(client, url, method) for url in self.urls)))
+            return await _all(_rpc(client, url, method) for url in self.urls)
 
     def close(self) -> None:
-        """Delete the weight snapshots this engine wrote; the servers keep running (they are not this process's)."""
+        """Delete the temporary folder this engine made; the servers keep running (they are not this process's)."""
         if self._own_root:
             shutil.rmtree(self.weights_root, ignore_errors=True)
-        elif self._snapshot is not None:
-            shutil.rmtree(self._snapshot, ignore_errors=True)
-        self._snapshot = None
 
 
 async def _rpc(client: httpx.AsyncClient, url: str, method: str, **kwargs: str):
@@ -262,6 +255,15 @@ def _read_safetensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
+
+
+async def _all(coroutines: Iterable) -> list:
+    """Every call to its end (a failed server must not cut the others' reloads short), then the first failure."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _run(coroutine):
