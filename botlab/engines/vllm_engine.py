@@ -56,6 +56,7 @@ class VLLMEngine(Engine):
                     enable_sleep_mode=self.can_sleep,
                     # Logprobs after temperature/top_p: those of the distribution each token was sampled from.
                     logprobs_mode="processed_logprobs",
+                    use_tqdm_on_load=False,  # no loading bar on the console (botlab.logs: the console is botlab's)
                     **kwargs,
                 )
         except Exception as exc:  # vLLM raises many types; the user needs the cause and the way out
