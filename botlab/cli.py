@@ -281,15 +281,6 @@ def bench_rollout(as_json: JsonOpt = False) -> None:
     raise typer.Exit(bench_main(as_json=as_json))
 
 
-@sandbox_app.command("check")
-def sandbox_check(
-    program: Annotated[Path, typer.Argument(help="a Python file defining f")],
-    input_expr: Annotated[str, typer.Option("--input", help="the input as a Python expression, e.g. '[1, 2]'")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Is PROGRAM with INPUT a valid deduction task? Prints the gold output or the rejection reason."""
-    from botlab.sandbox.cli import check_command
-
 @bench_app.command("learning")
 def bench_learning(
     team_file: TeamArg,
@@ -317,6 +308,15 @@ def bench_learning(
     raise typer.Exit(bench_main(team_file, steps=steps, minutes=minutes, window=window, data=data,
                                 humaneval_limit=humaneval_limit, run_dir=run_dir, as_json=as_json))
 
+
+@sandbox_app.command("check")
+def sandbox_check(
+    program: Annotated[Path, typer.Argument(help="a Python file defining f")],
+    input_expr: Annotated[str, typer.Option("--input", help="the input as a Python expression, e.g. '[1, 2]'")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Is PROGRAM with INPUT a valid deduction task? Prints the gold output or the rejection reason."""
+    from botlab.sandbox.cli import check_command
 
     raise typer.Exit(check_command(program, input_expr, as_json=as_json, console=console))
 
