@@ -49,8 +49,8 @@ def apply_pending(store: Store, interpreter: Interpreter | None = None) -> list[
             log.exception("feedback #%d could not be applied", row["id"])
             with store.transaction() as db:
                 db.execute("UPDATE feedback SET status = 'error', response = ? WHERE id = ?",
-                           (f"could not be applied ({type(err).__name__}: {err}); nothing was changed, please "
-                            "send it again", row["id"]))
+                           (f"could not be applied ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+                            "nothing was changed, please send it again", row["id"]))
         done.append(row["id"])
     return done
 

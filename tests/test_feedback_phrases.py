@@ -201,3 +201,18 @@ def test_per_type_difficulty_and_focus_reach_the_proposer_prompt():
     assert "harder" not in prompt["abduction"] and "simpler" not in prompt["abduction"]
     assert "Choose calls that make f's purpose easy to see." in prompt["induction"]
     assert "Focus on: recursion\n" in prompt["deduction"]  # the focused task type is its weight, not a topic
+
+
+def test_a_message_that_cannot_be_applied_is_answered_and_does_not_block_the_next(store):
+    """A curriculum the store cannot read (written by hand, say): each message gets an error answer, none stays
+    pending, and once the curriculum is readable again the next message applies."""
+    store.put("curriculum", {"task_weights": {"deduction": "lots"}})
+    for n, text in enumerate(["/harder", "/pause"]):
+        record(store, Incoming(channel="email", external_id=f"<{n}@x>", sender="h@x.test", text=text))
+    assert apply_pending(store) == [1, 2]
+    rows = store.query("SELECT status, response FROM feedback ORDER BY id")
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert rows[0]["response"].startswith("could not be applied (ValidationError:")
+    assert rows[0]["response"].endswith("nothing was changed, please send it again")
+    save_curriculum(store, Curriculum())
+    assert _reply(store, "/harder", 3)["status"] == "applied"
