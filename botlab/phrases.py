@@ -5,18 +5,8 @@ phrases below. A clause that matches nothing and has no steering word in it ("gr
 is left alone; one that has a steering word but no known form, or asks two opposite things, becomes a question
 back to the sender instead of a guess.
 
-    focus on X [and Y]          focus topics; a task type X also gets at least weight 3, the others keep theirs
-    more X / less X / fewer X   X's weight doubled / halved (X a task type)
-    only X / just X             the other task types get weight 0
-    no more X / stop X / drop X X's weight 0
-    X weight 2 / set X to 2     X's weight
-    equal weights               every weight 1
-    X is too easy / too hard    X's difficulty +1 / -1; "it", "the tasks", no subject: every type's
-    make X harder / easier      the same; also "X should be harder", "harder X tasks", "X is not hard enough"
-    stop focusing / clear focus focus topics cleared
-    rule: ... / reject ... / avoid ...   a rule for the reviewer
-    pause / stop training       pause; resume / continue / carry on: resume
-    send a digest / how is it going     a digest now
+The phrases, with examples, are listed in docs/feedback.md; tests/test_feedback_phrases.py holds a table of
+replies and what each must do.
 """
 
 from __future__ import annotations
@@ -27,8 +17,7 @@ from typing import Callable
 
 from botlab.config import TASK_TYPES
 from botlab.curriculum import (
-    FOCUS_WEIGHT, ClearFocus, Curriculum, DigestNow, Directive, Easier, Focus, Harder, Pause, Resume, ReviewerRule,
-    SetWeights,
+    ClearFocus, Curriculum, DigestNow, Directive, Easier, Focus, Harder, Pause, Resume, ReviewerRule, SetWeights,
 )
 
 MAX_WEIGHT = 10.0
@@ -87,8 +76,7 @@ def _clean(text: str) -> str:
 
 def _types(words: str) -> list[str] | None:
     """The task types a subject or object names ("deduction+abduction tasks"), or None when it names other things."""
-    words = re.sub(rf"^(?:the|these|those|all|all the|new)\s+|\s+{_NOUN}$", "", words.strip(), flags=re.I)
-    words = re.sub(rf"^(?:the|these|those|all|all the|new)\s+|\s+{_NOUN}$", "", words, flags=re.I).strip()
+    words = re.sub(rf"^(?:the|these|those|all|all the|new)\s+|\s+{_NOUN}$", "", words.strip(), flags=re.I).strip()
     found = [_TYPE_WORDS.get(w.lower()) for w in words.split("+") if w]
     return found if found and all(found) else None
 
@@ -132,7 +120,7 @@ def _weights(clause: _Clause, objects: str, change: Callable[[float], float], wh
         clause.weights = {t: change for t in types}
     else:
         topic = re.sub(r"^(?:focus(?:ing)? on|making|proposing|doing)\s+", "", objects, flags=re.I)
-        instead = f'"focus on {topic}"' if "raise" in what else '"stop focusing" (clears the focus topics)'
+        instead = f'"focus on {topic}"' if change(1.0) > 1.0 else '"stop focusing" (clears the focus topics)'
         clause.question = (f'"{clause.text}": only task types ({", ".join(TASK_TYPES)}) have {what}; for a topic '
                            f'say {instead} or give the reviewer a rule ("rule: reject {topic}")')
     return clause
@@ -385,6 +373,3 @@ def _weight_directive(clauses: list[_Clause], curriculum: Curriculum) -> list[Di
             new[t] = change(new[t])
     changed = {t: w for t, w in new.items() if w != weights[t]}
     return [SetWeights(weights=changed)] if changed else []
-
-
-__all__ = ["FOCUS_WEIGHT", "Reading", "read_phrases"]
