@@ -56,6 +56,22 @@ def nostr_public_key(value: str) -> str:
     return value
 
 
+def pubkey_hex(value: str) -> str:
+    from nostr_sdk import PublicKey
+
+    return PublicKey.parse(value).to_hex()
+
+
+def no_repeats(field: str, values: list[str], key) -> None:
+    """Raise naming the field when two values are the same address (an npub and its hex count as the same)."""
+    seen: dict[str, str] = {}
+    for value in values:
+        if key(value) in seen:
+            same = "" if seen[key(value)] == value else f" (as {seen[key(value)]!r})"
+            raise ValueError(f"{field}: {value!r} is listed twice{same}")
+        seen[key(value)] = value
+
+
 def relay_url(value: str) -> str:
     if not value.startswith(("ws://", "wss://")):
         raise ValueError(f"relay {value!r} must start with ws:// or wss://")

@@ -450,6 +450,11 @@ class EmailNotifier(Strict):
                 raise ValueError("allowed_senders: replies are only read with imap_host set")
         elif self.username_env is None:
             raise ValueError("imap_host: reading replies needs username_env and password_env")
+        for field in ("to", "allowed_senders"):
+            addresses.no_repeats(field, getattr(self, field) or [], str.lower)
+        if self.from_addr.lower() in {a.lower() for a in self.allowed_senders or []}:
+            raise ValueError(f"allowed_senders: {self.from_addr} is the team's own address (from_addr); its mail is "
+                             "never read as feedback")
         uses_tls = self.smtp_security != "none" or (self.imap_host is not None and self.imap_security != "none")
         if self.ca_file is not None and not uses_tls:
             raise ValueError("ca_file: no connection uses TLS (smtp_security and imap_security are none)")
@@ -468,6 +473,13 @@ class NostrNotifier(Strict):
     )
     public_notes: bool = Field(False, description="also publish a short public kind-1 progress note")
     reconnect_s: float = Field(10, ge=5, description="seconds between reconnection attempts to a lost relay (min 5)")
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> "NostrNotifier":
+        for field in ("relays", "recipients", "allowed_pubkeys"):
+            addresses.no_repeats(field, getattr(self, field) or [],
+                                 addresses.pubkey_hex if field != "relays" else str.lower)
+        return self
 
 
 class NotifiersConfig(Strict):

@@ -177,7 +177,7 @@ def test_valid_loopback_notifiers(tmp_path):
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     load_team(notifier_team(tmp_path, "email", ca_file="ca.pem"))
     load_team(notifier_team(tmp_path, "email", smtp_security="none", imap_security="none", imap_port=10143))
-    load_team(notifier_team(tmp_path, "nostr", recipients=[NPUB, HEX_PUBKEY], allowed_pubkeys=[],
+    load_team(notifier_team(tmp_path, "nostr", recipients=[HEX_PUBKEY], allowed_pubkeys=[],
                             relays=["ws://127.0.0.1:7777", "wss://relay.example.org"]))
 
 
@@ -216,6 +216,13 @@ def test_valid_loopback_notifiers(tmp_path):
     ("email", {"smtp_security": "none", "imap_security": "none", "imap_port": 10143, "ca_file": "ca.pem"},
      "notifiers.email.ca_file: no connection uses TLS"),
     ("email", {"ca_file": "missing/ca.pem"}, "notifiers.email.ca_file: "),
+    ("email", {"to": ["me@example.test", "Me@Example.test"]}, "notifiers.email.to: 'Me@Example.test' is listed twice"),
+    ("email", {"allowed_senders": ["me@example.test", "bot@botlab.test"]},
+     "notifiers.email.allowed_senders: bot@botlab.test is the team's own address (from_addr)"),
+    ("nostr", {"recipients": [NPUB, HEX_PUBKEY]},
+     f"notifiers.nostr.recipients: '{HEX_PUBKEY}' is listed twice (as '{NPUB}')"),
+    ("nostr", {"relays": ["ws://127.0.0.1:7777", "ws://127.0.0.1:7777"]},
+     "notifiers.nostr.relays: 'ws://127.0.0.1:7777' is listed twice"),
     ("nostr", {"recipients": ["npub1abc"]},
      "notifiers.nostr.recipients.0: 'npub1abc' is not an npub or hex public key"),
     ("nostr", {"recipients": [NPUB[:-1] + ("q" if NPUB[-1] != "q" else "p")]},
