@@ -35,9 +35,7 @@ class EmailChannel:
         self.store = store
         user = env_secret(config.username_env, "notifiers.email.username_env") if config.username_env else None
         password = env_secret(config.password_env, "notifiers.email.password_env") if config.password_env else None
-        if (user is None) != (password is None):
-            raise NotifierConfigError("notifiers.email: set both username_env and password_env, or neither")
-        self.username, self.password = user, password
+        self.username, self.password = user, password  # both or neither, and both with imap_host (config.py checks)
         if config.ca_file is not None and not config.ca_file.is_file():
             raise NotifierConfigError(f"notifiers.email.ca_file: {config.ca_file} is not a file")
         self.tls = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
@@ -47,8 +45,6 @@ class EmailChannel:
             subject_tag=f"[botlab {team_name}]", dkim_required=config.dkim_required, dkim_dns=dkim_dns)
         self.account = None
         if config.imap_host:
-            if user is None:
-                raise NotifierConfigError("notifiers.email.imap_host needs username_env and password_env")
             self.account = imap.ImapAccount(config.imap_host, config.imap_port, config.imap_security, user, password,
                                             ssl_context=self.tls)
         self.news = asyncio.Event()  # set by the IDLE watcher: poll now
