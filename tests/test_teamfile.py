@@ -149,7 +149,7 @@ def test_cli_validate_exit_codes(tmp_path):
     bad = write(tmp_path, "name: t\nmodel: {engine: vlm}\n")
     result = runner.invoke(app, ["validate", str(bad)])
     assert result.exit_code == 2
-    assert "model.engine: Input should be 'auto', 'vllm' or 'transformers'" in result.output
+    assert "model.engine: Input should be 'auto', 'vllm', 'transformers' or 'server'" in " ".join(result.output.split())
     assert "Traceback" not in result.output
 
 
