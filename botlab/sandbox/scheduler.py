@@ -1,10 +1,15 @@
 """Runs one batch of jobs on the worker pool.
 
-- At most `slots` programs run at once: one per busy worker.
-- Each busy worker also holds one job in reserve, so it starts the next program without waiting for us.
-- A validation's second run must go to a worker of the other hash-seed group (`Run.group`).
-- A worker that dies or stops answering is replaced; its running job is retried once, then reported as
-  "worker_crash"; the job it held in reserve is simply queued again.
+- Jobs travel in chunks: one frame to a worker, one frame back, and (behind the gate) one program process for the
+  whole chunk, each job in it with its own limits (runtime/hub.py). A batch is cut into enough chunks to keep
+  every slot busy.
+- At most `slots` chunks run at once: one per busy worker.
+- Each busy worker also holds one chunk in reserve, so it starts the next without waiting for us.
+- A validation's second run must go to a worker of the other hash-seed group (`Run.group`). The second runs of a
+  chunk travel together, in reverse order: a program that changed what a later one in its process sees cannot
+  change it the same way in both runs, so the determinism check catches it.
+- A worker that dies or stops answering is replaced; its running chunk is retried once, then each of its jobs is
+  reported as "worker_crash"; the chunk it held in reserve is simply queued again.
 """
 
 from __future__ import annotations
@@ -15,20 +20,29 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from botlab.sandbox.runtime.protocol import WorkerGone
+from botlab.sandbox.runtime.protocol import WALL_STRETCH, WorkerGone
 from botlab.sandbox.workers import Worker
 
-GRACE_S = 10.0  # beyond its own deadline, how long a worker may take to answer before it is replaced
+GRACE_S = 10.0  # beyond its jobs' own deadlines, how long a worker may take to answer before it is replaced
+MAX_CHUNK = 16  # jobs per frame (and per program process): enough to spread a process start thinly
 
 
 @dataclass
 class Run:
-    """One job for one worker; `key` says which batch item it belongs to."""
+    """One job; `key` says which batch item it belongs to."""
 
     key: int
     job: dict
     group: int | None = None  # the hash-seed group it must run in (None: any)
     stage: int = 1
+
+
+@dataclass
+class Chunk:
+    """Runs sent to one worker in one frame; all of one group."""
+
+    runs: list[Run]
+    group: int | None = None
     failures: list[str] = field(default_factory=list)  # why the workers running it were replaced
 
 
@@ -42,16 +56,17 @@ class Batch:
                  on_result: OnResult, is_closed: Callable[[], bool]):
         self.workers = workers
         self.slots = slots
-        self.patience_s = timeout_s + GRACE_S
+        self.timeout_s = timeout_s
         self.tasks_per_worker = tasks_per_worker
         self.on_result = on_result
         self.is_closed = is_closed
-        self.pending: dict[int | None, deque[Run]] = {None: deque(), 0: deque(), 1: deque()}
-        self.assigned: dict[Worker, deque[Run]] = {}  # in order; the first one is running
+        self.pending: dict[int | None, deque[Chunk]] = {None: deque(), 0: deque(), 1: deque()}
+        self.assigned: dict[Worker, deque[Chunk]] = {}  # in order; the first one is running
         self.deadline: dict[Worker, float] = {}
 
     def run(self, runs: list[Run]) -> None:
-        self.pending[None].extend(runs)
+        size = max(1, min(MAX_CHUNK, -(-len(runs) // (2 * self.slots))))
+        self.pending[None].extend(Chunk(runs[i : i + size]) for i in range(0, len(runs), size))
         with selectors.DefaultSelector() as self.selector:
             while any(self.pending.values()) or self.assigned:
                 self._assign()
@@ -62,13 +77,13 @@ class Batch:
     def _assign(self) -> None:
         while len(self.assigned) < self.slots:
             worker = self._idle_worker()
-            run = worker and self._take(_group(worker))
-            if not run:
+            chunk = worker and self._take(_group(worker))
+            if not chunk:
                 break
-            self._send(worker, run)
-        for worker in list(self.assigned):  # one job in reserve behind the running one
-            if len(self.assigned.get(worker, ())) == 1 and (run := self._take(_group(worker))):
-                self._send(worker, run)
+            self._send(worker, chunk)
+        for worker in list(self.assigned):  # one chunk in reserve behind the running one
+            if len(self.assigned.get(worker, ())) == 1 and (chunk := self._take(_group(worker))):
+                self._send(worker, chunk)
 
     def _idle_worker(self) -> Worker | None:
         idle = [w for w in self.workers if w not in self.assigned]
@@ -83,20 +98,23 @@ class Batch:
         group = 0 if busy_in_0 <= len(self.assigned) - busy_in_0 else 1
         return next((w for w in idle if _group(w) == group), idle[0])
 
-    def _take(self, group: int) -> Run | None:
+    def _take(self, group: int) -> Chunk | None:
         for queue in (self.pending[group], self.pending[None]):
             if queue:
                 return queue.popleft()
         return None
 
-    def _send(self, worker: Worker, run: Run) -> None:
+    def _patience(self, chunk: Chunk) -> float:
+        return len(chunk.runs) * self.timeout_s * WALL_STRETCH + GRACE_S
+
+    def _send(self, worker: Worker, chunk: Chunk) -> None:
         queue = self.assigned.setdefault(worker, deque())
-        queue.append(run)
+        queue.append(chunk)
         if len(queue) == 1:
-            self.deadline[worker] = time.monotonic() + self.patience_s
+            self.deadline[worker] = time.monotonic() + self._patience(chunk)
             self.selector.register(worker, selectors.EVENT_READ)
         try:
-            worker.send(run.job)
+            worker.send([run.job for run in chunk.runs])
         except WorkerGone as gone:
             self._replace(worker, f"send failed: {gone}")
 
@@ -108,48 +126,51 @@ class Batch:
         timeout = max(0.0, min(self.deadline.values()) - time.monotonic())
         for key, _ in self.selector.select(timeout):
             worker = key.fileobj
+            queue = self.assigned[worker]
             try:
-                result = worker.receive()
+                results = worker.receive()
+                if not isinstance(results, list) or len(results) != len(queue[0].runs):
+                    raise WorkerGone(f"{len(results)} results for {len(queue[0].runs)} jobs")
             except WorkerGone as gone:
                 self._replace(worker, str(gone))
                 continue
-            queue = self.assigned[worker]
-            self._deliver(queue.popleft(), _group(worker), result)
+            self._deliver(queue.popleft(), _group(worker), results)
             if queue:
-                self.deadline[worker] = time.monotonic() + self.patience_s
+                self.deadline[worker] = time.monotonic() + self._patience(queue[0])
             else:
                 self._release(worker)
                 if worker.runs >= self.tasks_per_worker:
                     worker.restart()
         now = time.monotonic()
         for worker, deadline in list(self.deadline.items()):
-            if now > deadline:  # the worker itself is stuck: its own deadline should have fired long ago
-                self._replace(worker, f"no answer {self.patience_s:g} s after the program started")
+            if now > deadline:  # the worker itself is stuck: its jobs' own deadlines should have fired long ago
+                self._replace(worker, f"no answer {self._patience(self.assigned[worker][0]):g} s after it started")
 
-    def _deliver(self, run: Run, group: int, result: dict) -> None:
-        follow_up = self.on_result(run, group, result)
-        if follow_up is not None:
-            self.pending[follow_up.group].append(follow_up)
+    def _deliver(self, chunk: Chunk, group: int, results: list[dict]) -> None:
+        follow_ups = [f for run, result in zip(chunk.runs, results) if (f := self.on_result(run, group, result))]
+        if follow_ups:  # reversed: see the module's docstring
+            self.pending[follow_ups[0].group].append(Chunk(follow_ups[::-1], follow_ups[0].group))
 
-    def _release(self, worker: Worker) -> list[Run]:
+    def _release(self, worker: Worker) -> list[Chunk]:
         self.selector.unregister(worker)
         self.deadline.pop(worker)
         return list(self.assigned.pop(worker))
 
     def _replace(self, worker: Worker, why: str) -> None:
-        """A worker died or hangs: start a new one, retry its running job once, queue its reserve again."""
+        """A worker died or hangs: start a new one, retry its running chunk once, queue its reserve again."""
         if self.is_closed():  # closed from another thread while this batch ran
             raise RuntimeError("the sandbox executor was closed during a batch")
         running, *reserve = self._release(worker)
         worker.restart()
-        for run in reversed(reserve):
-            self.pending[run.group].appendleft(run)
+        for chunk in reversed(reserve):
+            self.pending[chunk.group].appendleft(chunk)
         running.failures.append(why)
         if len(running.failures) < 2:
             self.pending[running.group].appendleft(running)
         else:
             detail = "the sandbox worker failed twice on this item: " + "; ".join(running.failures)
-            self._deliver(running, _group(worker), {"reason": "worker_crash", "detail": detail, "outputs": []})
+            crash = {"reason": "worker_crash", "detail": detail, "outputs": []}
+            self._deliver(running, _group(worker), [crash] * len(running.runs))
 
 
 def _group(worker: Worker) -> int:

@@ -24,7 +24,7 @@ class WorkerStartError(RuntimeError):
 
 
 class Worker:
-    """A fork-server process (runtime/hub.py) with a fixed hash seed; it runs one job at a time."""
+    """A fork-server process (runtime/hub.py) with a fixed hash seed; it runs one job, or one list of jobs, at a time."""
 
     def __init__(
         self, index: int, hash_seed: int, settings: dict, log_dir: Path, python: str = sys.executable,
@@ -111,15 +111,16 @@ class Worker:
     def fileno(self) -> int:
         return self.stdout
 
-    def send(self, job: dict) -> None:
-        self.runs += 1
+    def send(self, job: dict | list[dict]) -> None:
+        """One job (answered with one result) or a list of jobs (answered with a list of results, in order)."""
+        self.runs += len(job) if isinstance(job, list) else 1
         write_frame(self.stdin, job)
 
-    def receive(self, timeout_s: float | None = None) -> dict:
+    def receive(self, timeout_s: float | None = None) -> dict | list[dict]:
         if timeout_s is not None and not select.select([self.stdout], [], [], timeout_s)[0]:
             raise WorkerGone(f"no answer within {timeout_s:g} s")
         message = read_frame(self.stdout)
-        if not isinstance(message, dict):
+        if not isinstance(message, (dict, list)):
             raise WorkerGone(f"unexpected message {message!r:.80}")
         return message
 

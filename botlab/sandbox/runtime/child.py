@@ -27,6 +27,8 @@ class Job:
     calls: tuple[CodeType, ...] = ()  # f(<input>) for each input
     golds: tuple[CodeType, ...] = ()  # gold output expressions, paired with calls (or alone for check_output)
     answer: CodeType | None = None  # the solver's expression (check_output)
+    shareable: bool = False  # may run in one process after other jobs (gate.may_share_a_process)
+    n_outputs: int = 1  # how many outputs the result may carry (its size cap)
 
 
 class Failure(Exception):
@@ -77,7 +79,7 @@ def decode_result(data: bytes) -> dict | None:
 
 def run_job(job: Job, builtins_table: dict, output_limit: int, allow_none: bool) -> dict:
     try:
-        outputs = _dispatch(job, builtins_table, output_limit, allow_none)
+        outputs = _dispatch(job, dict(builtins_table), output_limit, allow_none)  # a copy: nothing carries over
     except Failure as failure:
         return {"reason": failure.reason, "detail": failure.detail[:DETAIL_CHARS], "outputs": []}
     return {"reason": None, "detail": "", "outputs": outputs}

@@ -55,6 +55,12 @@ ESCAPE_ATTRIBUTES = frozenset({
     "attrgetter", "methodcaller", "Formatter", "mro",
 })
 
+# Without these bans a program could reach the process itself, and programs must not share one.
+UNSHARED_BUILTINS = frozenset({"__import__", "eval", "exec", "compile", "open", "globals", "locals", "vars",
+                               "getattr", "setattr", "delattr", "breakpoint"})
+UNSHARED_MODULES = ("os", "sys", "builtins", "importlib", "gc", "ctypes", "signal", "threading", "_thread", "io",
+                    "inspect", "types", "weakref")
+
 _DUNDER = re.compile(r"__\w+__")
 _WORD = re.compile(r"[A-Za-z_]\w*")
 
@@ -73,6 +79,14 @@ class Policy:
     banned_modules: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_BANNED_MODULES))
     banned_builtins: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_BANNED_BUILTINS))
     block_introspection: bool = True
+
+    @property
+    def contains_programs(self) -> bool:
+        """True when the gate keeps programs off the interpreter's machinery (introspection, the OS, dynamic code),
+        so that several may share one process, one after another (see may_share_a_process)."""
+        return self.block_introspection and UNSHARED_BUILTINS <= self.banned_builtins and all(
+            self.module_banned(name) for name in UNSHARED_MODULES
+        )
 
     def module_banned(self, dotted: str) -> str | None:
         """The banned entry that `dotted` falls under: 'os' bans 'os' and 'os.path'; 'os.path' bans only that."""
@@ -108,6 +122,33 @@ def check(tree: ast.AST, policy: Policy, modules: dict[str, types.ModuleType]) -
                 _check_attribute_name(attr, policy, node)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and policy.block_introspection:
             _check_string(node, policy)
+
+
+# Calls that change process-wide state other programs would see (warning filters, ABC registries, the locale,
+# decimal's context): a program making them runs in a process of its own.
+GLOBAL_MUTATORS = frozenset({
+    "register", "setcontext", "getcontext", "simplefilter", "filterwarnings", "resetwarnings", "setlocale",
+    "update_wrapper", "wraps", "total_ordering", "dataclass", "unique",
+})
+
+
+def may_share_a_process(tree: ast.AST) -> bool:
+    """Whether this program may run after others in one process (each with a fresh module and builtins).
+
+    Conservative: no attribute is assigned or deleted except on `self` (a module's, a class's or a shared
+    object's would outlive the program), and no name of a known state-changing call appears. Only meaningful
+    behind the gate: without it a program can reach anything, and every program gets a process of its own."""
+    for node in _all_nodes(tree):
+        if isinstance(node, ast.Attribute):
+            if node.attr in GLOBAL_MUTATORS:
+                return False
+            if not isinstance(node.ctx, ast.Load) and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+                return False
+        elif (isinstance(node, ast.Name) and node.id in GLOBAL_MUTATORS) or (
+            isinstance(node, ast.alias) and node.name.rpartition(".")[2] in GLOBAL_MUTATORS
+        ):
+            return False
+    return True
 
 
 def _all_nodes(tree: ast.AST) -> list[ast.AST]:

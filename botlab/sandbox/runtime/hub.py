@@ -16,6 +16,7 @@ import gc
 import os
 import select
 import signal
+import struct
 import sys
 import time
 import warnings
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from . import gate, isolation
 from .child import Job, decode_result, encode_result, run_job, safe_builtins
-from .protocol import WorkerGone, read_frame, write_frame
+from .protocol import WALL_STRETCH, WorkerGone, read_frame, write_frame
 
 # Modules programs may import (minus the banned list). Loaded before the fork, so a program pays nothing for them;
 # other modules may be unreadable for the confined user and are then simply missing.
@@ -35,6 +36,7 @@ PRELOAD = (
     "string", "struct", "textwrap", "typing", "unicodedata", "zlib",
 )
 CACHE_SIZE = 128  # compiled programs kept; a small heap keeps every fork cheap
+_FRAME = struct.Struct(">I")  # each result a program process sends: its length, then encode_result's bytes
 HARNESS_FAILED = 70  # exit status of a program process whose confinement or reporting failed
 
 # fork(2) without CPython's at-fork handlers. The worker is single-threaded, so there is nothing for them to
@@ -106,6 +108,8 @@ class Hub:
         self.null_fd = os.open(os.devnull, os.O_RDWR)
         self.base = self._make_base_dir()
         self.runs = 0
+        # /proc shows this namespace's processes (so /proc/<child pid> is the child): the load-aware clock needs it
+        self.own_proc = _own_proc()
 
     def serve(self) -> None:
         """Until the trainer closes the pipe (or dies): a worker never outlives it."""
@@ -115,29 +119,60 @@ class Hub:
         except WorkerGone:
             return
 
-    def handle(self, job: dict) -> dict:
-        try:
-            prepared = self.prepare(job)
-        except gate.Rejected as rejected:
-            return {"reason": rejected.reason, "detail": rejected.detail, "outputs": []}
-        return self.run_confined(prepared, len(job.get("inputs") or job.get("pairs") or [0]))
+    def handle(self, message: dict | list) -> dict | list:
+        """One job (a dict) or a batch of jobs (a list, answered with a list of results in the same order)."""
+        if isinstance(message, dict):
+            return self.handle_batch([message])[0]
+        return self.handle_batch(message)
+
+    def handle_batch(self, jobs: list[dict]) -> list[dict]:
+        results: list[dict | None] = [None] * len(jobs)
+        shared: list[tuple[int, Job]] = []
+        for i, job in enumerate(jobs):
+            try:
+                prepared = self.prepare(job)
+            except gate.Rejected as rejected:
+                results[i] = _failure(rejected.reason, rejected.detail)
+                continue
+            if self.policy.contains_programs and prepared.shareable:
+                shared.append((i, prepared))
+            else:
+                results[i] = self.run_confined([prepared])[0]
+        while shared:  # one process for all of them; after a job that kills it, the rest go on in a new one
+            done = self.run_confined([job for _, job in shared])
+            for (i, _), result in zip(shared, done):
+                results[i] = result
+            shared = shared[len(done):]
+        return results  # type: ignore[return-value]
 
     # --- gate and compile ---------------------------------------------------------------------------------------
 
     def prepare(self, job: dict) -> Job:
+        """Gate and compile every piece of a job (raises gate.Rejected); shareable only if every piece is."""
+        verdicts: list[bool] = []
+
+        def code(role: str, text: str):
+            compiled, shareable = self.compiled(role, text)
+            verdicts.append(shareable)
+            return compiled
+
         kind = job["kind"]
         if kind == "run":
-            calls = tuple(self.compiled("call", text) for text in job["inputs"])
-            return Job(kind, self.compiled("program", job["program"]), calls)
+            program = code("program", job["program"])
+            calls = tuple(code("call", text) for text in job["inputs"])
+            return Job(kind, program, calls, shareable=all(verdicts), n_outputs=len(calls))
         if kind == "check_output":
-            return Job(kind, golds=(self.compiled("gold", job["gold"]),), answer=self.compiled("answer", job["answer"]))
+            golds, answer = (code("gold", job["gold"]),), code("answer", job["answer"])
+            return Job(kind, golds=golds, answer=answer, shareable=all(verdicts))
         if kind == "check_input":
-            program = self.compiled("program", job["program"])
-            return Job(kind, program, (self.compiled("call", job["answer"]),), (self.compiled("gold", job["gold"]),))
+            program = code("program", job["program"])
+            calls, golds = (code("call", job["answer"]),), (code("gold", job["gold"]),)
+            return Job(kind, program, calls, golds, shareable=all(verdicts))
         if kind == "check_program":
-            program = self.compiled("program", job["program"])
-            calls = tuple(self.compiled("call", text) for text, _ in job["pairs"])
-            return Job(kind, program, calls, tuple(self.compiled("gold", gold) for _, gold in job["pairs"]))
+            program = code("program", job["program"])
+            calls = tuple(code("call", text) for text, _ in job["pairs"])
+            golds = tuple(code("gold", gold) for _, gold in job["pairs"])
+            return Job(kind, program, calls, golds, shareable=all(verdicts))
         raise ValueError(f"unknown job kind {kind!r}")
 
     def compiled(self, role: str, text: str):
@@ -171,7 +206,7 @@ class Hub:
                 if role == "call" and not _is_call_of_f(tree):
                     raise gate.Rejected("bad_input", "the input is not an argument list: f(<input>) is not one call")
                 gate.check(tree, self.policy, sys.modules)
-                return compile(tree, f"<{role}>", mode)
+                return compile(tree, f"<{role}>", mode), gate.may_share_a_process(tree)
             except gate.Rejected:
                 raise
             except SyntaxError as err:
@@ -181,7 +216,9 @@ class Hub:
 
     # --- run in a confined child --------------------------------------------------------------------------------
 
-    def run_confined(self, job: Job, n_outputs: int) -> dict:
+    def run_confined(self, jobs: list[Job]) -> list[dict]:
+        """Run the jobs one after another in one fresh confined process. Returns the results of a prefix of them:
+        every job that finished, then the one that was running if the process died or ran out of time."""
         self.runs += 1
         workdir = os.path.join(self.base, str(self.runs))
         os.mkdir(workdir, 0o700)
@@ -192,46 +229,61 @@ class Hub:
         if pid < 0:
             raise OSError("fork failed")
         if pid == 0:
-            self._child(job, read_fd, write_fd, workdir)
+            self._child(jobs, read_fd, write_fd, workdir)
         os.close(write_fd)
-        cap = 65536 + n_outputs * (self.settings.max_output_chars * 6 + 16)
         status = None
         try:
-            data, status, cpu, timed_out = self._collect(pid, read_fd, cap)
+            results, status, cpu, stopped = self._collect(pid, read_fd, jobs)
         finally:
             os.close(read_fd)
             self._kill_leftovers(pid, reaped=status is not None)
             _remove_tree(workdir)
-        return self._interpret(data, status, cpu, timed_out, cap)
+        if len(results) == len(jobs) or (status == 0 and results):  # all done, or it stopped after a MemoryError
+            return results
+        return results + [self._interpret(stopped, status, cpu, len(jobs))]
 
-    def _child(self, job: Job, read_fd: int, write_fd: int, workdir: str) -> None:
+    def _child(self, jobs: list[Job], read_fd: int, write_fd: int, workdir: str) -> None:
         try:
             gc.freeze()  # the collector must not walk (and so copy) the worker's young objects: O(1) list splice
             os.close(read_fd)
             s = self.settings
-            isolation.confine_child(self.iso, s.cpu_s, self.null_fd, write_fd, workdir)
-            result = run_job(job, self.builtins, s.max_output_chars, s.allow_none_output)
-            view = memoryview(encode_result(result))
-            while view:
-                view = view[os.write(write_fd, view) :]
+            isolation.confine_child(self.iso, s.cpu_s * len(jobs), self.null_fd, write_fd, workdir)
+            for job in jobs:
+                if len(jobs) > 1:  # each job its own CPU-time limit (the rlimit above bounds them all)
+                    signal.setitimer(signal.ITIMER_PROF, s.cpu_s)
+                result = run_job(job, self.builtins, s.max_output_chars, s.allow_none_output)
+                body = encode_result(result)
+                view = memoryview(_FRAME.pack(len(body)) + body)
+                while view:
+                    view = view[os.write(write_fd, view) :]
+                if result["reason"] == "memory":
+                    break  # what it left behind must not squeeze the next program: they get a new process
         except BaseException:  # noqa: BLE001 - the harness itself failed: no result, a distinct status
             os._exit(HARNESS_FAILED)
         os._exit(0)
 
-    def _collect(self, pid: int, read_fd: int, cap: int) -> tuple[bytes, int | None, float, bool]:
-        """Read the child's result until it exits or the deadline passes; (data, wait status, cpu s, timed out)."""
-        deadline = time.monotonic() + self.settings.timeout_s
+    def _collect(self, pid: int, read_fd: int, jobs: list[Job]) -> tuple[list[dict], int | None, float, str]:
+        """Read the child's results as they come, until it exits or a job runs out of time or sends too much.
+
+        Returns (results, wait status or None, cpu seconds, why it was stopped: "timeout", "malformed" or "").
+        Each job's wall-clock limit runs from the end of the one before, not counting the time the child waited
+        for a CPU (a busy host must not turn a good program into a timeout); at most WALL_STRETCH times the limit.
+        """
+        clock = _ChildClock(pid if self.own_proc else None)
+        limit = self.settings.timeout_s
         try:
             exit_fd = os.pidfd_open(pid)  # readable once the child has exited
         except OSError:  # kernels before 5.3, or a seccomp filter: poll instead
             exit_fd = None
-        chunks: list[bytes] = []
-        size, reading, status, cpu = 0, True, None, 0.0
+        buffer = bytearray()
+        results: list[dict] = []
+        reading, status, cpu = True, None, 0.0
+        clock.start()
         try:
-            while reading or status is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or size > cap:
-                    return b"".join(chunks), None, 0.0, remaining <= 0
+            while (reading or status is None) and len(results) < len(jobs):
+                remaining = clock.remaining(limit)
+                if remaining <= 0:
+                    return results, None, 0.0, "timeout"
                 if reading:
                     waiting, wait = [read_fd], remaining
                 else:
@@ -240,16 +292,47 @@ class Hub:
                 if read_fd in ready:
                     chunk = os.read(read_fd, 65536)
                     reading = bool(chunk)
-                    chunks.append(chunk)
-                    size += len(chunk)
+                    buffer += chunk
+                    while len(buffer) >= _FRAME.size and len(results) < len(jobs):
+                        (size,) = _FRAME.unpack_from(buffer)
+                        if size > self._cap(jobs[len(results)]):
+                            return results, None, 0.0, "malformed"
+                        if len(buffer) < _FRAME.size + size:
+                            break
+                        result = decode_result(bytes(buffer[_FRAME.size : _FRAME.size + size]))
+                        if result is None:
+                            return results, None, 0.0, "malformed"
+                        del buffer[: _FRAME.size + size]
+                        results.append(result)
+                        clock.start()
                 elif not reading:
                     done, status, usage = os.wait4(pid, os.WNOHANG)
                     status = status if done else None
                     cpu = usage.ru_utime + usage.ru_stime
         finally:
+            clock.close()
             if exit_fd is not None:
                 os.close(exit_fd)
-        return b"".join(chunks), status, cpu, False
+        return results, status, cpu, ""
+
+    def _cap(self, job: Job) -> int:
+        return 65536 + job.n_outputs * (self.settings.max_output_chars * 6 + 16)
+
+    def _interpret(self, stopped: str, status: int | None, cpu: float, n_jobs: int) -> dict:
+        """The failure of the job that was running when its process was stopped or died."""
+        s = self.settings
+        if stopped == "timeout":
+            return _failure("timeout", f"wall-clock limit of {s.timeout_s:g} s")
+        if stopped == "malformed" or status is None:
+            return _failure("crash", "the program process sent a malformed result")
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig in (signal.SIGXCPU, signal.SIGPROF) or (sig == signal.SIGKILL and cpu >= s.cpu_s * n_jobs):
+                return _failure("timeout", f"CPU-time limit of {s.cpu_s} s")
+            if sig == signal.SIGXFSZ:
+                return _failure("file_too_large", "a file grew past the file-size limit")
+            return _failure("crash", f"killed by {signal.Signals(sig).name}")
+        return _failure("crash", f"exited with status {os.waitstatus_to_exitcode(status)} and no valid result")
 
     def _kill_leftovers(self, pid: int, reaped: bool) -> None:
         """Nothing a program started may survive it."""
@@ -270,24 +353,6 @@ class Hub:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 return
-
-    def _interpret(self, data: bytes, status: int | None, cpu: float, timed_out: bool, cap: int) -> dict:
-        s = self.settings
-        if timed_out:
-            return _failure("timeout", f"wall-clock limit of {s.timeout_s:g} s")
-        if status is None:
-            return _failure("output_too_large", f"the result exceeded {cap} bytes")
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= s.cpu_s):
-                return _failure("timeout", f"CPU-time limit of {s.cpu_s} s")
-            if sig == signal.SIGXFSZ:
-                return _failure("file_too_large", "a file grew past the file-size limit")
-            return _failure("crash", f"killed by {signal.Signals(sig).name}")
-        result = decode_result(data) if data else None
-        if result is None:
-            return _failure("crash", f"exited with status {os.waitstatus_to_exitcode(status)} and no valid result")
-        return result
 
     def _make_base_dir(self) -> str:
         # The private /tmp when there is one; else a tmpfs if the host has one (a disk rmdir costs milliseconds).
@@ -326,3 +391,49 @@ def _is_call_of_f(tree: ast.Expression) -> bool:
 
 def _failure(reason: str, detail: str) -> dict:
     return {"reason": reason, "detail": detail, "outputs": []}
+
+
+def _own_proc() -> bool:
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
+class _ChildClock:
+    """A job's wall-clock time, less the time its process spent runnable but waiting for a CPU (the second field
+    of /proc/<pid>/schedstat): on a busy host a program must not time out for other processes' work. Sleeping
+    and blocking still count, so the limit still stops a program that waits forever."""
+
+    def __init__(self, pid: int | None):
+        self.fd = None
+        if pid is not None:
+            try:
+                self.fd = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY)
+            except OSError:
+                pass
+        self.started = self.waited = 0.0
+
+    def start(self) -> None:
+        self.started, self.waited = time.monotonic(), self._waited()
+
+    def remaining(self, limit: float) -> float:
+        """Seconds left before `limit`: the wall-clock time minus what was spent waiting for a CPU, and never
+        more than WALL_STRETCH times the limit of wall-clock time in all."""
+        elapsed = time.monotonic() - self.started
+        left = limit - elapsed
+        if left <= 0 and elapsed < limit * WALL_STRETCH:
+            left = min(limit - (elapsed - (self._waited() - self.waited)), limit * WALL_STRETCH - elapsed)
+        return left
+
+    def _waited(self) -> float:
+        if self.fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self.fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)

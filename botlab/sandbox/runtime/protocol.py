@@ -9,6 +9,9 @@ import json
 import os
 import struct
 
+# A job may take this many times executor.timeout_s of wall-clock time when its process waited for a CPU
+# (runtime/hub.py, _ChildClock); the trainer waits that long for a worker before it replaces it.
+WALL_STRETCH = 10
 MAX_FRAME = 64 << 20  # a worker reply can never be larger; anything bigger means a broken worker
 
 _HEADER = struct.Struct(">I")
