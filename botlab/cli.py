@@ -187,7 +187,7 @@ def _print_status(info: dict) -> None:
         table.add_row("curriculum", _curriculum_text(info["curriculum"]))
         for note in info["recent_feedback"]:
             table.add_row(f"feedback #{note['id']}", f"{when(note['received_at'])} {note['channel']} {note['sender']}: "
-                          f"\"{_clip(note['text'])}\" -> {note['status']}: {note['response'] or '-'}")
+                          f"\"{_clip(note['text'])}\" -> {note['response'] or note['status']}")
     table.add_row("run dir", info["run_dir"])
     console.print(table)
 

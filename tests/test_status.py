@@ -122,4 +122,5 @@ def test_status_shows_the_curriculum_and_what_each_feedback_changed(tmp_path, mo
     table = CliRunner().invoke(app, ["status", str(path)])
     assert table.exit_code == 0, table.output
     assert "weights deduction 1, abduction 1, induction 0.5; difficulty +0; deduction difficulty +1" in table.output
-    assert '"deduction is too easy" -> applied: deduction difficulty +0 -> +1' in table.output
+    assert '"deduction is too easy" -> deduction difficulty +0 -> +1' in table.output
+    assert '"make it more interesting" -> question: I did not understand' in table.output
