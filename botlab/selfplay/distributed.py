@@ -93,7 +93,7 @@ def train_share(learner: Learner, rollouts: list[Rollout], batch_tokens: int | N
     if not rollouts:
         return {"trained_sequences": 0}
     total_tokens = batch_tokens or sum(len(r.completion_ids) for r in rollouts)
-    shares = [split_for(rollouts, r, world) for r in range(world)]
+    shares = [_share_of(rollouts, r, world) for r in range(world)]
     plans = [learner.micro_batches(share) for share in shares]
     # Every rank runs as many forward/backward passes as the busiest one: DDP's collectives must pair up.
     passes = max(len(plan) for plan in plans)
@@ -117,7 +117,7 @@ def train_share(learner: Learner, rollouts: list[Rollout], batch_tokens: int | N
         "grad_norm": float(grad_norm), "trained_sequences": len(rollouts), "trained_tokens": total_tokens}
 
 
-def split_for(rollouts: list[Rollout], rank: int, world: int) -> list[Rollout]:
+def _share_of(rollouts: list[Rollout], rank: int, world: int) -> list[Rollout]:
     """Rank `rank`'s share: dealt in turn after the learner's own temperature order, so it is the same on every rank
     and the micro-batches stay at one temperature."""
     ordered = sorted(rollouts, key=lambda r: r.temperature)
