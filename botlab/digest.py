@@ -351,6 +351,7 @@ def _curriculum_line(facts: DigestFacts) -> str:
     c = Curriculum.model_validate(facts.curriculum)
     parts = ["weights " + ", ".join(f"{t} {w:g}" for t, w in c.task_weights.items()),
              f"difficulty {c.difficulty:+d}"]
+    parts += [f"{t} difficulty {c.difficulty_for(t):+d}" for t, d in c.type_difficulty.items() if d]
     if c.focus:
         parts.append("focus " + ", ".join(c.focus))
     if c.reviewer_rules:
