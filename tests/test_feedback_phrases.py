@@ -216,3 +216,13 @@ def test_a_message_that_cannot_be_applied_is_answered_and_does_not_block_the_nex
     assert rows[0]["response"].endswith("nothing was changed, please send it again")
     save_curriculum(store, Curriculum())
     assert _reply(store, "/harder", 3)["status"] == "applied"
+
+
+def test_the_digest_curriculum_line_shows_per_type_difficulty():
+    from botlab.digest import DigestFacts, _curriculum_line
+
+    c = Curriculum(difficulty=1, type_difficulty={"deduction": 1, "abduction": 0})
+    facts = DigestFacts(team="t", goal="", number=1, created_at=0, since=None, first_step=None, last_step=None,
+                        total_steps=10, curriculum=c.model_dump())
+    assert _curriculum_line(facts) == ("weights deduction 1, abduction 1, induction 1; difficulty +1; "
+                                       "deduction difficulty +2")
