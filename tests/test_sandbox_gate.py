@@ -142,3 +142,29 @@ def test_size_cap(value):
 
 def test_every_reason_is_documented():
     assert all(isinstance(text, str) and text for text in REASONS.values())
+
+
+@pytest.mark.parametrize(
+    "source, shareable",
+    [
+        ("def f(s):\n    return s[::-1]", True),
+        ("from collections import Counter\ndef f(s):\n    return Counter(s).most_common(2)", True),
+        ("class P:\n    def __init__(self, x):\n        self.x = x\ndef f(x):\n    return P(x).x", True),
+        ("import math\nmath.pi = 3\ndef f(x):\n    return x", False),  # a module's attribute outlives the program
+        ("from collections import Counter\nCounter.total = len\ndef f(x):\n    return x", False),
+        ("import decimal\ndecimal.getcontext().prec = 3\ndef f(x):\n    return x", False),
+        ("from decimal import setcontext, Context\nsetcontext(Context(prec=3))\ndef f(x):\n    return x", False),
+        ("from collections import abc\nabc.Sequence.register(int)\ndef f(x):\n    return x", False),
+        ("import warnings\nwarnings.simplefilter('error')\ndef f(x):\n    return x", False),
+        ("def f(x):\n    del x.attr\n    return 1", False),
+    ],
+)
+def test_only_programs_that_change_nothing_shared_may_share_a_process(source, shareable):
+    assert gate.may_share_a_process(ast.parse(source)) is shareable
+
+
+def test_programs_share_processes_only_behind_the_whole_gate():
+    assert gate.Policy().contains_programs
+    assert not gate.Policy(block_introspection=False).contains_programs
+    assert not gate.Policy(banned_builtins=frozenset(gate.DEFAULT_BANNED_BUILTINS) - {"getattr"}).contains_programs
+    assert not gate.Policy(banned_modules=frozenset(gate.DEFAULT_BANNED_MODULES) - {"os"}).contains_programs

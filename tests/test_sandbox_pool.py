@@ -207,3 +207,33 @@ def test_the_benchmark_baseline_agrees_on_what_it_can_see():
     with Executor(ExecutorConfig(**TEST_LIMITS)) as ex:
         verdicts.append([v.valid for v in ex.validate_many([(code, [arg]) for _, code, arg in items])])
     assert verdicts == [[category == "simple" for category, _, _ in items]] * 3
+
+
+# --- several jobs in one program process (behind the gate) ----------------------------------------------------------
+
+
+def test_a_job_that_kills_its_shared_process_fails_alone():
+    with Executor(ExecutorConfig(**TEST_LIMITS | {"workers": 1})) as ex:  # one slot: the batch in few chunks
+        memory = ("def f(x):\n    return len([0] * 10 ** 10)", ["1"])
+        results = ex.validate_many(ADD[:3] + [FOREVER] + ADD[3:5] + [memory] + ADD[5:])
+        assert [r.reason for r in results] == [None] * 3 + ["timeout"] + [None] * 2 + ["memory"] + [None] * 3
+        assert [r for r in results if r.valid] == EXPECTED
+        assert program_processes(ex) == []
+
+
+def test_a_program_that_changes_shared_modules_cannot_reach_the_others(sandbox):
+    changers = [
+        "import math\nmath.pi = 3\ndef f(x):\n    return x",
+        "import decimal\ndecimal.getcontext().prec = 3\ndef f(x):\n    return x",
+        "from collections import Counter\nCounter.most_common = lambda self, n=None: [('x', 0)]\ndef f(x):\n"
+        "    return x",
+    ]
+    readers = [
+        "import math\ndef f(x):\n    return math.pi",
+        "import decimal\ndef f(x):\n    return str(decimal.Decimal(1) / 7)",
+        "from collections import Counter\ndef f(x):\n    return Counter(x).most_common(1)",
+    ]
+    items = [(p, ["'aab'"]) for p in changers + readers + changers + readers]
+    outputs = [v.outputs for v in sandbox.validate_many(items)]
+    clean = [["3.141592653589793"], ["'0.1428571428571428571428571429'"], ["[('a', 2)]"]]
+    assert outputs[3:6] == clean and outputs[9:] == clean

@@ -3,9 +3,9 @@
 Model code never runs in this process, and is not even parsed here: each batch item becomes one or two jobs for
 the pool of fork-server workers (workers.py, runtime/hub.py), which gate, compile and run it in fresh processes.
 
-Determinism: a proposal runs twice, in two fresh processes whose interpreters have different hash seeds, so set
-iteration order, hash() and id() cannot make a task that looks deterministic. Only the first run's outputs are
-kept, and only if the second run's are identical.
+Determinism: a proposal runs twice, at the same time, in two fresh processes whose interpreters have different hash
+seeds, so set iteration order, hash() and id() cannot make a task that looks deterministic. Only the first run's
+outputs are kept, and only if the second run's are identical.
 """
 
 from __future__ import annotations
@@ -93,8 +93,7 @@ class Executor:
     def validate_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[Validation]:
         """Validate proposals (program, inputs): each input is the text of f's arguments, run as f(<input>)."""
         results: list[Validation | None] = [None] * len(items)
-        first_outputs: dict[int, list[str]] = {}
-        runs = []
+        firsts, seconds, runs = {}, {}, []
         for i, item in enumerate(items):
             program, inputs = _pair(item, i, "(program, inputs)")
             inputs = [_text(x, f"item {i} input {j}") for j, x in enumerate(_seq(inputs, f"item {i} inputs"))]
@@ -102,26 +101,22 @@ class Executor:
             if problem:
                 results[i] = Validation(False, [], *problem)
             else:
-                runs.append(Run(i, {"kind": "run", "program": program, "inputs": inputs}))
+                runs.append(Run(i, {"kind": "run", "program": program, "inputs": inputs}, group=0, stage=1))
+        # The second runs start at once, on the other group's workers, in reverse order (scheduler.py says why);
+        # one whose first run failed before it was sent is dropped.
+        second_runs = {run.key: Run(run.key, run.job, group=1, stage=2) for run in reversed(runs)}
 
-        def on_result(run: Run, group: int, result: dict) -> Run | None:
-            if run.stage == 1:
-                if result["reason"]:
-                    results[run.key] = Validation(False, [], result["reason"], result["detail"])
-                    return None
-                first_outputs[run.key] = result["outputs"]
-                return Run(run.key, run.job, group=1 - group, stage=2)
-            first = first_outputs.pop(run.key)
-            if result["reason"]:
-                detail = f"the first run succeeded, the second failed: {result['reason']} ({result['detail']})"
-                results[run.key] = Validation(False, [], "nondeterministic", detail)
-            elif result["outputs"] != first:
-                results[run.key] = Validation(False, [], "nondeterministic", _difference(run.job, first, result))
-            else:
-                results[run.key] = Validation(True, first)
-            return None
+        def on_result(run: Run, group: int, result: dict) -> None:
+            if results[run.key] is not None:
+                return  # the first run failed: the second does not matter
+            (firsts if run.stage == 1 else seconds)[run.key] = result
+            if run.stage == 1 and result["reason"]:
+                second_runs[run.key].cancelled = True
+                results[run.key] = Validation(False, [], result["reason"], result["detail"])
+            elif run.key in firsts and run.key in seconds:
+                results[run.key] = _judge(run.job, firsts.pop(run.key), seconds.pop(run.key))
 
-        self._schedule(runs, on_result)
+        self._schedule(runs + list(second_runs.values()), on_result)
         return results  # type: ignore[return-value]
 
     def check_outputs(self, items: Sequence[tuple[str, str]]) -> list[CheckResult]:
@@ -233,6 +228,16 @@ def _shutdown(workers: list[Worker], log_dir: Path, owner_pid: int) -> None:
     for worker in workers:
         worker.kill()
     shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _judge(job: dict, first: dict, second: dict) -> Validation:
+    """A validation whose first run succeeded: valid if the second gave the same outputs."""
+    if second["reason"]:
+        detail = f"the first run succeeded, the second failed: {second['reason']} ({second['detail']})"
+        return Validation(False, [], "nondeterministic", detail)
+    if second["outputs"] != first["outputs"]:
+        return Validation(False, [], "nondeterministic", _difference(job, first["outputs"], second))
+    return Validation(True, first["outputs"])
 
 
 def _difference(job: dict, first: list[str], result: dict) -> str:

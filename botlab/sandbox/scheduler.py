@@ -2,13 +2,14 @@
 
 - Jobs travel in chunks: one frame to a worker, one frame back, and (behind the gate) one program process for the
   whole chunk, each job in it with its own limits (runtime/hub.py). A batch is cut into enough chunks to keep
-  every slot busy.
+  every slot busy; a chunk is formed when a worker takes it.
 - At most `slots` chunks run at once: one per busy worker.
 - Each busy worker also holds one chunk in reserve, so it starts the next without waiting for us.
-- A validation's second run must go to a worker of the other hash-seed group (`Run.group`). The second runs of a
-  chunk travel together, in reverse order: a program that changed what a later one in its process sees cannot
-  change it the same way in both runs, so the determinism check catches it.
-- A worker that dies or stops answering is replaced; its running chunk is retried once, then each of its jobs is
+- A run with a `group` goes to a worker of that hash-seed group: a validation's two runs go one to each, at the
+  same time, the second runs in reverse order. A program that changed what a later one in its process sees
+  cannot change it the same way in both runs, so the determinism check catches it. A run cancelled before it was
+  sent is dropped.
+- A worker that dies or stops answering is replaced; the runs of its running chunk are retried once, then each is
   reported as "worker_crash"; the chunk it held in reserve is simply queued again.
 """
 
@@ -27,7 +28,7 @@ GRACE_S = 10.0  # beyond its jobs' own deadlines, how long a worker may take to 
 MAX_CHUNK = 16  # jobs per frame (and per program process): enough to spread a process start thinly
 
 
-@dataclass
+@dataclass(eq=False)
 class Run:
     """One job; `key` says which batch item it belongs to."""
 
@@ -35,20 +36,19 @@ class Run:
     job: dict
     group: int | None = None  # the hash-seed group it must run in (None: any)
     stage: int = 1
-
-
-@dataclass
-class Chunk:
-    """Runs sent to one worker in one frame; all of one group."""
-
-    runs: list[Run]
-    group: int | None = None
+    cancelled: bool = False  # set by the caller: no longer needed, skipped if not yet sent
     failures: list[str] = field(default_factory=list)  # why the workers running it were replaced
 
 
-# Called with each result (or a synthesized "worker_crash" one) and the seed group it ran in; may return a
-# follow-up run (a validation's second stage).
-OnResult = Callable[[Run, int, dict], "Run | None"]
+@dataclass(eq=False)
+class Chunk:
+    """Runs sent to one worker in one frame."""
+
+    runs: list[Run]
+
+
+# Called with each result (or a synthesized "worker_crash" one) and the seed group it ran in.
+OnResult = Callable[[Run, int, dict], None]
 
 
 class Batch:
@@ -60,21 +60,30 @@ class Batch:
         self.tasks_per_worker = tasks_per_worker
         self.on_result = on_result
         self.is_closed = is_closed
-        self.pending: dict[int | None, deque[Chunk]] = {None: deque(), 0: deque(), 1: deque()}
+        self.pending: dict[int | None, deque[Run]] = {None: deque(), 0: deque(), 1: deque()}
         self.assigned: dict[Worker, deque[Chunk]] = {}  # in order; the first one is running
         self.deadline: dict[Worker, float] = {}
 
     def run(self, runs: list[Run]) -> None:
-        size = max(1, min(MAX_CHUNK, -(-len(runs) // (2 * self.slots))))
-        self.pending[None].extend(Chunk(runs[i : i + size]) for i in range(0, len(runs), size))
+        self.size = max(1, min(MAX_CHUNK, -(-len(runs) // (2 * self.slots))))
+        for run in runs:
+            self.pending[run.group].append(run)
         with selectors.DefaultSelector() as self.selector:
-            while any(self.pending.values()) or self.assigned:
+            while self._drop_cancelled() or self.assigned:
                 self._assign()
                 self._wait()
+
+    def _drop_cancelled(self) -> bool:
+        """Forget cancelled runs; True if any run is still waiting."""
+        for group, queue in self.pending.items():
+            if any(run.cancelled for run in queue):
+                self.pending[group] = deque(run for run in queue if not run.cancelled)
+        return any(self.pending.values())
 
     # --- handing out jobs ------------------------------------------------------------------------------------------
 
     def _assign(self) -> None:
+        self._drop_cancelled()
         while len(self.assigned) < self.slots:
             worker = self._idle_worker()
             chunk = worker and self._take(_group(worker))
@@ -101,7 +110,7 @@ class Batch:
     def _take(self, group: int) -> Chunk | None:
         for queue in (self.pending[group], self.pending[None]):
             if queue:
-                return queue.popleft()
+                return Chunk([queue.popleft() for _ in range(min(self.size, len(queue)))])
         return None
 
     def _patience(self, chunk: Chunk) -> float:
@@ -147,9 +156,8 @@ class Batch:
                 self._replace(worker, f"no answer {self._patience(self.assigned[worker][0]):g} s after it started")
 
     def _deliver(self, chunk: Chunk, group: int, results: list[dict]) -> None:
-        follow_ups = [f for run, result in zip(chunk.runs, results) if (f := self.on_result(run, group, result))]
-        if follow_ups:  # reversed: see the module's docstring
-            self.pending[follow_ups[0].group].append(Chunk(follow_ups[::-1], follow_ups[0].group))
+        for run, result in zip(chunk.runs, results):
+            self.on_result(run, group, result)
 
     def _release(self, worker: Worker) -> list[Chunk]:
         self.selector.unregister(worker)
@@ -157,20 +165,20 @@ class Batch:
         return list(self.assigned.pop(worker))
 
     def _replace(self, worker: Worker, why: str) -> None:
-        """A worker died or hangs: start a new one, retry its running chunk once, queue its reserve again."""
+        """A worker died or hangs: start a new one, retry its running chunk's runs once, queue its reserve again."""
         if self.is_closed():  # closed from another thread while this batch ran
             raise RuntimeError("the sandbox executor was closed during a batch")
         running, *reserve = self._release(worker)
         worker.restart()
-        for chunk in reversed(reserve):
-            self.pending[chunk.group].appendleft(chunk)
-        running.failures.append(why)
-        if len(running.failures) < 2:
-            self.pending[running.group].appendleft(running)
-        else:
-            detail = "the sandbox worker failed twice on this item: " + "; ".join(running.failures)
-            crash = {"reason": "worker_crash", "detail": detail, "outputs": []}
-            self._deliver(running, _group(worker), [crash] * len(running.runs))
+        retry, failed = [], []
+        for run in running.runs:
+            run.failures.append(why)
+            (retry if len(run.failures) < 2 else failed).append(run)
+        for run in reversed([run for chunk in reserve for run in chunk.runs] + retry):
+            self.pending[run.group].appendleft(run)
+        for run in failed:
+            detail = "the sandbox worker failed twice on this item: " + "; ".join(run.failures)
+            self.on_result(run, _group(worker), {"reason": "worker_crash", "detail": detail, "outputs": []})
 
 
 def _group(worker: Worker) -> int:
