@@ -56,7 +56,6 @@ selfplay:
   solve_batch: 16
   references: 2
   learnability_rollouts: 4
-  seed_size: 4
 train: {steps: 2, lr: 1.0e-6, micro_batch: 8}
 EOF
 "$venv/bin/botlab" validate "$team"

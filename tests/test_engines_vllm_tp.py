@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from botlab.config import ModelConfig, TrainConfig
-from botlab.engines import Sampling, create_engine
+from botlab.engines import EngineError, Sampling, create_engine
+from botlab.engines import vllm_engine
 from botlab.engines.vllm_engine import WEIGHT_FILE_PREFIX, _remove_stale_weight_files
 from tests.fixtures.engines import teacher_logprobs
 
@@ -31,13 +32,15 @@ def _weight_files() -> list[Path]:
 def tp_engine_and_why(tiny_llama_dir):
     if os.environ.get("BOTLAB_NO_VLLM"):
         pytest.skip("BOTLAB_NO_VLLM is set: no vLLM engine on this host")
-    # One core per worker: vLLM's automatic binding wants a NUMA node per worker, and this host has one.
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0|1")
     cfg = ModelConfig(engine="vllm", tensor_parallel_size=2, max_model_len=256, cpu_kv_cache_gib=0.25,
                       sleep_mode=True)
-    engine, why = create_engine(cfg, tiny_llama_dir)
-    yield engine, why
-    engine.close()
+    with pytest.MonkeyPatch.context() as env:
+        # One core per worker: vLLM's automatic binding wants a NUMA node per worker, and this host has one.
+        # (Only for this engine: a single-worker engine refuses a list of two.)
+        env.setenv("VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0|1"))
+        engine, why = create_engine(cfg, tiny_llama_dir)
+        yield engine, why
+        engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,8 @@ def _teach(learner, prompt: list[int], target: list[int], steps: int) -> None:
 
 
 @pytest.mark.slow
-def test_learner_weights_reach_every_tensor_parallel_worker(tp_engine_and_why, learner, tiny_llama_dir):
+def test_learner_weights_reach_every_tensor_parallel_worker(tp_engine_and_why, learner, tiny_llama_dir,
+                                                             monkeypatch):
     engine, why = tp_engine_and_why
     assert engine.name == "vllm" and "2 tensor-parallel workers" in why
     assert len(engine.llm.collective_rpc(lambda worker: os.getpid())) == 2  # two worker processes
@@ -84,10 +88,15 @@ def test_learner_weights_reach_every_tensor_parallel_worker(tp_engine_and_why, l
                                                 do_sample=False)[0, len(prompt):]]
     assert learned == target, "the updates did not teach the reply: the test would prove nothing"
 
+    # Small files, so the sync spreads over several, as a large model's does (1 GiB each).
+    monkeypatch.setattr(vllm_engine, "WEIGHT_FILE_BYTES", 2**20)
+    made, new_file = [], vllm_engine._new_weight_file
+    monkeypatch.setattr(vllm_engine, "_new_weight_file", lambda folder: made.append(new_file(folder)) or made[-1])
     version = engine.weight_version
     engine.load_weights(learner.named_weights())
     assert engine.weight_version == version + 1
-    assert _weight_files() == []  # the shared file is gone after the sync
+    assert len(made) > 1 and all(path.parent == Path("/dev/shm") for path in made)
+    assert _weight_files() == []  # the shared files are gone after the sync
     assert engine.generate([prompt], GREEDY)[0][0].token_ids == target
 
     # Sampled logprobs are the learner's own, to the precision of bf16 (the tolerance of tests/test_engines.py).
@@ -113,6 +122,16 @@ def test_partial_weights_are_refused_before_the_workers_see_them(tp_engine, lear
     with pytest.raises(ValueError, match=r"parameters missing \(e.g. "):
         tp_engine.load_weights(some)
     assert tp_engine.weight_version == version and _weight_files() == []
+    assert tp_engine.generate([prompt], GREEDY)[0][0].token_ids == before
+
+
+@pytest.mark.slow
+def test_weights_that_cannot_be_written_leave_the_engine_as_it_was(tp_engine, learner, monkeypatch, tmp_path):
+    prompt = tp_engine.chat_prompt_ids([{"role": "user", "content": "Hi"}])
+    before = tp_engine.generate([prompt], GREEDY)[0][0].token_ids
+    monkeypatch.setattr(vllm_engine, "_weight_folder", lambda nbytes: tmp_path / "gone")  # as if /dev/shm vanished
+    with pytest.raises(EngineError, match=r"could not write the weights to .*gone .*keeps its previous weights"):
+        tp_engine.load_weights(learner.named_weights())
     assert tp_engine.generate([prompt], GREEDY)[0][0].token_ids == before
 
 

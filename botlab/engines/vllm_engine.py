@@ -2,8 +2,8 @@
 
 In-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set by botlab.engines before vLLM is imported) lets `load_weights` hand
 the learner's tensors straight to the worker's `reload_weights`, with no copy through another process. With tensor
-parallelism vLLM runs one worker process per shard: the weights then go through one safetensors file in shared memory
-that every worker reads its shards from (see `_load_through_file`).
+parallelism vLLM runs one worker process per shard: the weights then go through safetensors files in shared memory
+that every worker reads its shards from (see `_load_through_files`).
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ class VLLMEngine(Engine):
                 # The worker is in this process: the tensors go straight to it, no copy.
                 self.llm.collective_rpc(_reload_on_worker, args=(self._cast(named),))
             else:
-                self._load_through_file(named)
+                self._load_through_files(named)
+        except EngineError:
+            raise
         except (KeyError, ValueError, AssertionError, RuntimeError) as exc:  # RuntimeError: a worker process failed
             raise EngineError(
                 f"load_weights: vLLM rejected the weights ({type(exc).__name__}: {exc}); "
@@ -119,19 +121,39 @@ class VLLMEngine(Engine):
         # Cached prompt prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
 
-    def _load_through_file(self, named: list[tuple[str, torch.Tensor]]) -> None:
-        """Every tensor-parallel worker is a process of its own: write the weights once, in the engine's dtype, to a
-        safetensors file in shared memory; each worker maps it and its model's loader takes its own shards."""
+    def _load_through_files(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Every tensor-parallel worker is a process of its own: write the weights once, in the engine's dtype, to
+        safetensors files in shared memory; each worker reads them and its model's loader takes its own shards.
+        Files of about WEIGHT_FILE_BYTES each, so the host holds little more than one copy of the weights at a time."""
         from safetensors.torch import save_file
 
-        tensors = {name: tensor.to("cpu") for name, tensor in self._cast(named)}
-        path = _weight_file(sum(t.numel() * t.element_size() for t in tensors.values()))
+        folder = _weight_folder(sum(t.numel() for _, t in named) * self.dtype.itemsize)
+        paths: list[Path] = []
+        chunk: dict[str, torch.Tensor] = {}
+
+        def write() -> None:
+            try:
+                paths.append(_new_weight_file(folder))
+                save_file(chunk, str(paths[-1]))
+            except Exception as exc:  # an OSError (full) or safetensors' own error; the workers saw nothing yet
+                raise EngineError(f"load_weights: could not write the weights to {folder} ({exc}); the engine keeps "
+                                  "its previous weights") from exc
+            chunk.clear()
+
         try:
-            save_file(tensors, str(path))
-            del tensors  # the file holds them now
-            self.llm.collective_rpc(_reload_on_worker, args=(str(path),))
+            size = 0
+            for name, tensor in self._cast(named):
+                chunk[name] = tensor.to("cpu")
+                size += tensor.numel() * tensor.element_size()
+                if size >= WEIGHT_FILE_BYTES:
+                    write()
+                    size = 0
+            if chunk:
+                write()
+            self.llm.collective_rpc(_reload_on_worker, args=([str(path) for path in paths],))
         finally:
-            path.unlink(missing_ok=True)
+            for path in paths:
+                path.unlink(missing_ok=True)
 
     def _check_names(self, named: list[tuple[str, torch.Tensor]]) -> None:
         """Refuse before vLLM starts: a reload that fails midway leaves layers without weights."""
@@ -205,35 +227,42 @@ def _checkpoint_shapes(model_dir: Path) -> dict[str, tuple[int, ...]] | None:
     return shapes
 
 
-def _reload_on_worker(worker, weights: Iterable[tuple[str, torch.Tensor]] | str) -> None:
+def _reload_on_worker(worker, weights: Iterable[tuple[str, torch.Tensor]] | list[str]) -> None:
     """Runs in each vLLM worker (`worker`: vLLM's worker wrapper): load `weights`, an iterator of (HF name, tensor)
-    or the path of a safetensors file, with the model's own loader (fused qkv/gate_up, tied embeddings, tensor-parallel
-    shards, CPU repacking)."""
-    if isinstance(weights, str):
+    or the paths of safetensors files, with the model's own loader (fused qkv/gate_up, tied embeddings,
+    tensor-parallel shards, CPU repacking)."""
+    if isinstance(weights, list):
         weights = _file_tensors(weights)
     worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
     _repack_output_heads(worker.model_runner.get_model())
 
 
-def _file_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+def _file_tensors(paths: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as f:
-        for name in f.keys():
-            yield name, f.get_tensor(name)
+    for path in paths:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
 
 
 WEIGHT_FILE_PREFIX = "botlab-weights-"
+WEIGHT_FILE_BYTES = 2**30
 
 
-def _weight_file(nbytes: int) -> Path:
-    """A fresh path for one sync's weights: in /dev/shm (memory) when it has room, else the temp dir (disk).
-    The engine's pid is in the name, so a file left by a killed run can be recognised and removed."""
+def _weight_folder(nbytes: int) -> Path:
+    """Where one sync's weight files go: /dev/shm (memory) when it has room, else the temp dir (disk)."""
     folder = Path("/dev/shm")
-    if not folder.is_dir() or shutil.disk_usage(folder).free < nbytes * 1.1:
-        fallback = Path(tempfile.gettempdir())
-        log.warning("/dev/shm lacks room for the %.1f GB of weights: syncing through %s (disk)", nbytes / 1e9, fallback)
-        folder = fallback
+    if folder.is_dir() and shutil.disk_usage(folder).free >= nbytes * 1.1:
+        return folder
+    fallback = Path(tempfile.gettempdir())
+    log.warning("/dev/shm lacks room for the %.2f GB of weights: syncing through %s (disk; a container needs a "
+                "larger --shm-size)", nbytes / 1e9, fallback)
+    return fallback
+
+
+def _new_weight_file(folder: Path) -> Path:
+    """A fresh file; the engine's pid is in its name, so a file left by a killed run can be recognised and removed."""
     fd, name = tempfile.mkstemp(prefix=f"{WEIGHT_FILE_PREFIX}{os.getpid()}-", suffix=".safetensors", dir=folder)
     os.close(fd)
     return Path(name)
