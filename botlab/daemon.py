@@ -18,6 +18,7 @@ from pathlib import Path
 
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
+from botlab.digest import RUN_LAST_STEP_KEY
 from botlab.observability import MetricsSink
 from botlab.progress import RunProgress
 from botlab.resources import release_free_memory, usage
@@ -230,6 +231,7 @@ class Daemon:
         self._seed(side)
         first = store.last_step() + 1
         last = first + self.steps - 1 if self.steps else team.train.steps
+        store.put(RUN_LAST_STEP_KEY, last)  # digests count towards the same step as the console's "step N/last"
         if first > last:
             self.progress.note(f"nothing to do: step {first - 1} of {team.train.steps} is already done")
         for step in range(first, last + 1):

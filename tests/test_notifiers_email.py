@@ -106,7 +106,7 @@ async def test_a_digest_arrives_with_its_chart(reporter, store, mail_env, tmp_pa
     images = [part for part in msg.walk() if part.get_content_type() == "image/png"]
     assert len(images) == 1 and images[0]["Content-ID"] == "<chart>"
     assert images[0].get_content().startswith(b"\x89PNG\r\n\x1a\n")
-    assert "Steps 1-3 of 500" in msg.get_body(("plain",)).get_content()
+    assert "Steps 1-3 ran; step 3 of 500." in msg.get_body(("plain",)).get_content()
     assert store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") == 0
     # The console channel wrote the same digest as files, the chart embedded in the .html.
     files = sorted(p.name for p in (tmp_path / "demo" / "digests").iterdir())

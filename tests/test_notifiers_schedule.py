@@ -77,7 +77,7 @@ async def test_console_channel_writes_the_digest_files(team, store, screen):
     assert (folder / "digest-0001.txt").read_text() == store.scalar("SELECT text FROM digests WHERE id = ?",
                                                                     (digest_id,))
     printed = screen.file.getvalue()
-    assert "[botlab demo] digest #1: step 1/500" in printed and "deduction solve 10%" in printed
+    assert "[botlab demo] digest #1: step 1/500" in printed and "Step 1 ran; step 1 of 500. Solve rate 15%." in printed
 
 
 async def test_a_digest_asked_for_by_feedback_goes_out_at_the_next_tick(team, store, screen):
