@@ -156,6 +156,31 @@ def test_load_weights_pushes_the_learners_weights_to_every_server(server_engine,
 
 
 @pytest.mark.slow
+def test_a_learner_update_reaches_the_servers(server_engine, engine_learner, builtin_model_dir):
+    """The daemon's cycle: sample, Learner.train_step, push Learner.named_weights; the servers then score as the
+    updated learner does."""
+    from botlab.config import TrainConfig
+    from botlab.selfplay.learner import Learner, Rollout
+
+    learner = Learner(builtin_model_dir, ModelConfig(), TrainConfig(lr=1e-3, micro_batch=4, bf16_autocast=False))
+    model = learner.accelerator.unwrap_model(learner.model)
+    prompt = chat(server_engine, "Name a fruit.")
+    sampled = server_engine.generate([prompt], Sampling(n=4, temperature=1.0, max_tokens=12, seed=5))[0]
+    learner.train_step([Rollout(prompt, c.token_ids, c.logprobs, advantage, 1.0)
+                        for c, advantage in zip(sampled, [1.0, -1.0, 1.0, -1.0])])
+    server_engine.load_weights(learner.named_weights())
+    try:
+        model.eval()
+        (c,) = server_engine.generate([prompt], Sampling(temperature=1.0, max_tokens=16, seed=6))[0]
+        updated = (torch.tensor(c.logprobs) - teacher_logprobs(model, prompt, c.token_ids, 1.0)).abs()
+        stale = (torch.tensor(c.logprobs) - teacher_logprobs(engine_learner, prompt, c.token_ids, 1.0)).abs()
+        assert updated.mean() < 0.06 and updated.max() < 0.6, (updated.mean(), updated.max())
+        assert stale.mean() > 2 * updated.mean(), (stale.mean(), updated.mean())
+    finally:
+        server_engine.load_weights(engine_learner.named_parameters())  # the other tests' weights
+
+
+@pytest.mark.slow
 def test_partial_weights_are_refused_before_any_server_sees_them(server_engine, engine_learner):
     version = server_engine.weight_version
     some = [(n, p) for n, p in engine_learner.named_parameters() if "layers.0." in n]
