@@ -112,8 +112,11 @@ class SideLoop:
 def run_team(team: TeamConfig, steps: int | None = None, minutes: float | None = None) -> int:
     """The daemon; `steps`: exit after that many steps, `minutes`: start no step after that much time (the step that
     ends past it is the last, and is checkpointed)."""
-    from botlab.selfplay.distributed import follow, launch_rank, release_followers
+    from botlab.selfplay.distributed import follow, launch_problem, launch_rank, release_followers
 
+    if problem := launch_problem(team):
+        print(f"error: {problem}")
+        return EXIT_FAILED
     if launch_rank() > 0:  # torchrun / accelerate launch: rank 0 is the daemon, the others train their share
         return follow(team)
     run_dir = team.run_dir

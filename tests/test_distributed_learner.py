@@ -123,3 +123,12 @@ def test_launched_run_has_one_daemon_and_resumes_after_a_killed_rank(tmp_path, b
     assert check_run_invariants(run_dir)["steps"] == 2
     assert optimizer_updates(db_path) == {2.0}
     assert len(daemon_starts(db_path)) == 3
+
+
+def test_launch_refuses_an_in_process_vllm_engine(tmp_path):
+    team = write_tiny_team(tmp_path, engine="vllm")
+    done = subprocess.run(TORCHRUN + ["-m", "botlab.cli", "run", str(team), "--steps", "1"], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, env=ENV)
+    assert done.returncode != 0
+    assert done.stdout.count("error: model.engine is 'vllm': vLLM would run inside rank 0") == 2  # both ranks say why
+    assert not (tmp_path / "runs" / "tiny").exists()  # before the lock, the store or the model

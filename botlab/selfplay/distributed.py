@@ -12,6 +12,7 @@ and rank 0 alone could not then save them or sync its engine.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -44,6 +45,20 @@ class UnsupportedLaunch(Exception):
 def launch_rank() -> int:
     """This process's rank in a torchrun / accelerate launch (0 when not launched)."""
     return int(os.environ.get("RANK", "0"))
+
+
+def launch_problem(team: TeamConfig) -> str | None:
+    """Why `team` cannot run under this launch, if it cannot (checked by every rank before it loads anything)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    engine = team.model.engine
+    if engine == "vllm" or (engine == "auto" and importlib.util.find_spec("vllm") is not None):
+        # vLLM in-process builds its parallel groups on torch.distributed's default group when one exists: the
+        # launch's, whose other ranks never join them.
+        return (f"model.engine is {engine!r}: vLLM would run inside rank 0 and take over the launch's process group; "
+                "under torchrun / accelerate launch set model.engine: transformers, or server (vLLM in servers of "
+                "its own)")
+    return None
 
 
 @dataclass
