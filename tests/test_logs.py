@@ -37,6 +37,8 @@ def test_library_logs_go_to_the_file_and_botlab_warnings_to_the_console(tmp_path
         logging.getLogger("botlab.daemon").warning("reporter tick failed: smtp down")
         logging.getLogger("botlab.run").info("step 1/3: valid 0.50")
         logging.getLogger("vllm.worker").error("the worker died")
+        for _ in hf_logging.tqdm(range(3), desc="Writing model shards"):
+            pass
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "logs" / "botlab.log").read_text()
