@@ -83,3 +83,4 @@ def selfplay_reward():
     from botlab.selfplay.rewards import Reward
 
     return Reward(-0.5, {"parsed": True})
+

@@ -241,8 +241,11 @@ class SelfPlay:
                     references = [program]
                 else:
                     references = self.buffers.references(task_type, self.cfg.references, rng)
+                messages = self._fitting_messages(task_type, references, curriculum, role_cfg.max_new_tokens)
+                if messages is None:
+                    continue
                 parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
-                prompts.append((task_type, self.proposer.messages(task_type, references, curriculum), parts))
+                prompts.append((task_type, messages, parts))
                 programs.append(program)
         samples = self._generate("proposer", prompts, role_cfg, n=1)
         proposals = []
@@ -256,6 +259,22 @@ class SelfPlay:
                     proposal.triplet = Triplet(parsed.program, parsed.inputs[:1], [], "", task_type)
             proposals.append(proposal)
         return proposals
+
+    def _fitting_messages(self, task_type: TaskType, references: list[Triplet], curriculum: Curriculum,
+                          budget: int) -> list[dict] | None:
+        """The proposer's messages with as many references as leave room for the reply within max_model_len (the
+        longest go first, as AZR resamples a prompt that is too long); None when even the bare prompt is too long
+        (an induction program)."""
+        references = list(references)
+        while True:
+            messages = self.proposer.messages(task_type, references, curriculum)
+            if len(self.engine.chat_prompt_ids(messages)) + budget < self.engine.max_model_len:
+                return messages
+            if task_type == "induction" or not references:
+                log.warning("a %s proposer prompt is too long for model.max_model_len even without references",
+                            task_type)
+                return None
+            references.remove(max(references, key=lambda r: len(r.program) + len(r.inputs[0]) + len(r.outputs[0])))
 
     def _validate(self, proposals: list[Proposal]) -> None:
         todo = [p for p in proposals if p.triplet is not None]
