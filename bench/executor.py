@@ -1,16 +1,25 @@
-"""Validations per second of botlab's sandbox vs. an AZR-style executor, on one fixed mixed workload, same run.
+"""Validations and checks per second of botlab's sandbox vs. an AZR-style executor, measured in the same run.
 
     botlab bench executor [--json]
 
-The baseline mimics the original AZR executor (docs/method.md, "Where botlab departs"): ONE persistent worker process in a process
-pool, the program exec'd inside it with AZR's determinism template (f run twice in the same process), an
-in-process SIGALRM timeout, and a kill + respawn of the worker when that timeout cannot fire (a loop inside C
-code). No limits, no isolation. A second, leaner baseline (the same worker behind a bare pipe, no pool) is printed
-too: no unisolated design can be much faster. Ours: the real Executor with its default settings except the
-timeout, which all share.
+The headline is the replay: bench/replay.jsonl holds a few hundred proposals and solver answers written by the
+model in real self-play runs (captured with bench/capture_replay.py), with their natural share of invalid, erroring
+and timing-out cases. The sandbox gets them the way a step sends them (one validate_many per step, one check per
+task type per step); the baseline gets them one by one. Each of the replay's categories is also timed alone.
 
-The workload is fixed (no randomness): simple programs, loop-heavy programs, invalid programs (syntax errors,
-banned imports, exceptions) and programs that never finish. Both executors get the same items in the same order.
+The second line is the old synthetic mix (simple, loop-heavy, invalid and never-ending programs), kept for
+comparison: its ratio is carried by its timing-out items, which cost the serial baseline a full timeout each.
+
+The baseline mimics the original AZR executor (docs/method.md, "Where botlab departs"): ONE persistent worker
+process in a process pool, the program exec'd inside it with AZR's determinism template (f run twice in the same
+process), an in-process SIGALRM timeout, and a kill + respawn of the worker when that timeout cannot fire (a loop
+inside C code). No limits, no isolation. Solver answers are checked the same way: one template exec'd in the
+worker (gold == answer, f(answer) == gold, or the answer program on every hidden pair). A second, leaner baseline
+(the same worker behind a bare pipe, no pool) is printed too: no unisolated design can be much faster. Ours: the
+real Executor with its default settings except the timeout, which all share.
+
+The host's load average is reported with the numbers: both sides run interleaved, so a busy moment hits both,
+but a loaded host favours neither design in the same way.
 """
 
 from __future__ import annotations
@@ -18,10 +27,13 @@ from __future__ import annotations
 import ast
 import json
 import multiprocessing
+import os
 import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -31,6 +43,10 @@ from botlab.sandbox import Executor
 TIMEOUT_S = 1.0
 REPEATS = 3
 CATEGORIES = ("simple", "loop-heavy", "invalid", "timing-out")
+REPLAY = Path(__file__).with_name("replay.jsonl")
+REPLAY_CATEGORIES = ("valid", "rejected", "erroring", "timeout", "answer-deduction", "answer-abduction",
+                     "answer-induction")
+CHECKS = {"check_output": "check_outputs", "check_input": "check_inputs", "check_program": "check_programs"}
 AZR_BANNED = ("logging", "random", "multiprocessing", "pebble", "subprocess", "threading", "datetime", "time",
               "hashlib", "hmac", "bcrypt", "os.sys", "os.path", "sys.exit", "os.environ", "calendar")
 
@@ -78,6 +94,37 @@ def workload() -> list[tuple[str, str, str]]:
     return items
 
 
+def replay_entries(path: Path = REPLAY) -> list[dict]:
+    """The replay file's entries, in their order; each has `batch`, `kind`, `category` and the job's fields."""
+    entries = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            entry = json.loads(line)
+            if entry.get("kind") not in ("validate", *CHECKS) or entry.get("category") not in REPLAY_CATEGORIES:
+                raise ValueError(f"{path} line {number}: unknown kind or category in {line[:80]!r}")
+            entries.append(entry)
+    return entries
+
+
+def _call(arg: str) -> str:
+    return f"f(\n{arg}\n)"  # newlines: an argument may end in a comment
+
+
+def azr_template(entry: dict) -> tuple[str | None, str]:
+    """(the program AZR's pre-checks look at, the source its worker execs) for one replay entry."""
+    kind = entry["kind"]
+    if kind == "validate":
+        calls = "".join(f"{_call(a)}, " for a in entry["inputs"])
+        return entry["program"], (f"{entry['program']}\nreturns = ({calls})\nif returns != ({calls}):\n"
+                                  "    raise Exception('Non-deterministic code')")
+    if kind == "check_output":
+        return None, f"assert ({entry['gold']}) == (\n{entry['answer']}\n)"
+    if kind == "check_input":
+        return entry["program"], f"{entry['program']}\nassert {_call(entry['answer'])} == ({entry['gold']})"
+    checks = "".join(f"\nassert {_call(arg)} == ({gold})" for arg, gold in entry["pairs"])
+    return entry["program"], entry["program"] + checks
+
+
 # --- the baselines: AZR's design, reproduced ------------------------------------------------------------------------
 
 
@@ -103,19 +150,30 @@ def _on_alarm(signum, frame):
     raise TimeoutError("timed out")
 
 
-def _azr_execute(code: str, arg: str) -> str:
-    """In the worker: AZR's template, exec'd in-process under an in-process SIGALRM timeout (timeout_decorator)."""
-    template = f"{code}\nreturns = f({arg})\nif returns != f({arg}):\n    raise Exception('Non-deterministic code')"
+def _quiet() -> None:
+    """In the worker, once: what programs print goes nowhere (not into the benchmark's own output)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
+
+
+def _azr_execute(source: str) -> str:
+    """In the worker: the template exec'd in-process under an in-process SIGALRM timeout (timeout_decorator)."""
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, TIMEOUT_S)
     try:
         namespace: dict = {}
-        exec(template, namespace)  # noqa: S102 - the baseline is the unisolated design we compare against
-        return "done: " + repr(namespace["returns"])
+        exec(source, namespace)  # noqa: S102 - the baseline is the unisolated design we compare against
+        return "done: " + repr(namespace.get("returns"))
     except BaseException as err:  # noqa: BLE001
         return f"error: {type(err).__name__}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _determinism_template(code: str, arg: str) -> str:
+    return f"{code}\nreturns = f({arg})\nif returns != f({arg}):\n    raise Exception('Non-deterministic code')"
 
 
 class AzrBaseline:
@@ -126,12 +184,19 @@ class AzrBaseline:
         self._start()
 
     def _start(self) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"), initializer=_quiet)
 
     def validate(self, code: str, arg: str) -> bool:
-        if not _azr_passes_checks(code):
+        return self.execute(code, _determinism_template(code, arg))
+
+    def replay(self, entry: dict) -> bool:
+        return self.execute(*azr_template(entry))
+
+    def execute(self, checked: str | None, source: str) -> bool:
+        """Run `source` in the worker, after AZR's pre-checks of the program `checked`; True if it raised nothing."""
+        if checked is not None and not _azr_passes_checks(checked):
             return False
-        future = self.pool.submit(_azr_execute, code, arg)
+        future = self.pool.submit(_azr_execute, source)
         try:
             return "error" not in future.result(timeout=TIMEOUT_S + 0.5)
         except FutureTimeout:  # the loop is inside C code: no signal can stop it, so the worker goes
@@ -146,8 +211,9 @@ class AzrBaseline:
 
 
 def _bare_worker(conn) -> None:
+    _quiet()
     while True:
-        conn.send(_azr_execute(*conn.recv()))
+        conn.send(_azr_execute(conn.recv()))
 
 
 class BareWorker(AzrBaseline):
@@ -158,10 +224,10 @@ class BareWorker(AzrBaseline):
         self.process = multiprocessing.get_context("fork").Process(target=_bare_worker, args=(child,), daemon=True)
         self.process.start()
 
-    def validate(self, code: str, arg: str) -> bool:
-        if not _azr_passes_checks(code):
+    def execute(self, checked: str | None, source: str) -> bool:
+        if checked is not None and not _azr_passes_checks(checked):
             return False
-        self.conn.send((code, arg))
+        self.conn.send(source)
         if self.conn.poll(TIMEOUT_S + 0.5):
             return "error" not in self.conn.recv()
         self.process.kill()
@@ -193,43 +259,151 @@ def _timed_ours(ex: Executor, items) -> tuple[float, int]:
     return time.perf_counter() - start, sum(r.valid for r in results)
 
 
-def run(repeats: int = REPEATS) -> dict:
-    """The mixed workload and each category alone, sandbox and AZR-like baseline interleaved, median of `repeats`
-    runs (the timing-out category once: its time is the timeout's); the bare worker once, on the mixed workload."""
-    items = workload()
-    subsets = {"mixed": items} | {c: [i for i in items if i[0] == c] for c in CATEGORIES}
-    report: dict = {"timeout_s": TIMEOUT_S, "items": len(items), "repeats": repeats, "categories": {}}
+def replay_ours(ex: Executor, entries: list[dict]) -> list[bool]:
+    """Each entry valid (or correct), sent the way a step sends them: validations first, then the answers of each
+    task type. (Call it once per batch.)"""
+    ok = [False] * len(entries)
+    todo = [i for i, entry in enumerate(entries) if entry["kind"] == "validate"]
+    for i, v in zip(todo, ex.validate_many([(entries[i]["program"], entries[i]["inputs"]) for i in todo])):
+        ok[i] = v.valid
+    for kind, method in CHECKS.items():
+        todo = [i for i, entry in enumerate(entries) if entry["kind"] == kind]
+        if todo:
+            for i, c in zip(todo, getattr(ex, method)([_check_item(entries[i]) for i in todo])):
+                ok[i] = c.correct
+    return ok
+
+
+def _check_item(entry: dict) -> tuple:
+    if entry["kind"] == "check_output":
+        return entry["gold"], entry["answer"]
+    if entry["kind"] == "check_input":
+        return entry["program"], entry["gold"], entry["answer"]
+    return entry["program"], [tuple(pair) for pair in entry["pairs"]]
+
+
+def batches(entries: list[dict]) -> list[list[dict]]:
+    """The entries grouped by the step they came from, in order of appearance."""
+    grouped: dict[str, list[dict]] = {}
+    for entry in entries:
+        grouped.setdefault(entry["batch"], []).append(entry)
+    return list(grouped.values())
+
+
+def _replay_pass(ex: Executor, baseline: AzrBaseline, entries: list[dict]) -> dict[str, tuple[float, int]]:
+    """One pass over the entries, batch by batch, each batch first through the sandbox, then the baseline: both
+    meet the host in the same state, however its load changes."""
+    seconds, ok = {"sandbox": 0.0, "azr": 0.0}, {"sandbox": 0, "azr": 0}
+    for batch in batches(entries):
+        start = time.perf_counter()
+        ok["sandbox"] += sum(replay_ours(ex, batch))
+        middle = time.perf_counter()
+        ok["azr"] += sum(baseline.replay(entry) for entry in batch)
+        seconds["sandbox"] += middle - start
+        seconds["azr"] += time.perf_counter() - middle
+    return {name: (seconds[name], ok[name]) for name in seconds}
+
+
+def _measure_replay(ex: Executor, subsets: dict[str, list[dict]], repeats: int) -> dict:
+    """Median seconds and the count per (subset, side); a subset with timeouts once (its time is the timeout's)."""
     seconds: dict[tuple[str, str], list[float]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for rep in range(repeats):
+        baseline = AzrBaseline()
+        try:
+            for label, subset in subsets.items():
+                if not subset or (rep and any(e["category"] == "timeout" for e in subset) and label != "replay"):
+                    continue
+                for name, (elapsed, count) in _replay_pass(ex, baseline, subset).items():
+                    seconds.setdefault((label, name), []).append(elapsed)
+                    counts[label, name] = count
+        finally:
+            baseline.close()
+    return {key: (statistics.median(times), counts[key]) for key, times in seconds.items()}
+
+
+def _timed_bare_replay(entries: list[dict]) -> tuple[float, int]:
+    bare = BareWorker()
+    try:
+        start = time.perf_counter()
+        ok = sum(bare.replay(entry) for entry in entries)
+        return time.perf_counter() - start, ok
+    finally:
+        bare.close()
+
+
+def _measure(subsets: dict[str, list], runners: dict[str, Callable], repeats: int, once: set[str]) -> dict:
+    """Median seconds and the last count per (subset, runner), interleaved so a busy moment hits both alike."""
+    seconds: dict[tuple[str, str], list[float]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for rep in range(repeats):
+        for label, subset in subsets.items():
+            if not subset or (label in once and rep):
+                continue
+            for name, measure in runners.items():
+                elapsed, counts[label, name] = measure(subset)
+                seconds.setdefault((label, name), []).append(elapsed)
+    return {key: (statistics.median(times), counts[key]) for key, times in seconds.items()}
+
+
+def _table(subsets: dict[str, list], measured: dict, labels) -> dict:
+    table = {}
+    for label in labels:
+        if (label, "sandbox") not in measured:
+            table[label] = {"items": 0}
+            continue
+        n = len(subsets[label])
+        ours, theirs = n / measured[label, "sandbox"][0], n / measured[label, "azr"][0]
+        table[label] = {"items": n, "sandbox_per_s": ours, "azr_per_s": theirs, "ratio": ours / theirs}
+    return table
+
+
+def run(repeats: int = REPEATS, replay_path: Path = REPLAY) -> dict:
+    """The replay and the synthetic mix, each whole (median of `repeats`) and each category alone (once where it
+    times out: its time is the timeout's), sandbox and AZR-like baseline interleaved; the bare worker once each."""
+    entries = replay_entries(replay_path)
+    items = workload()
+    replay_sets = {"replay": entries} | {c: [e for e in entries if e["category"] == c] for c in REPLAY_CATEGORIES}
+    synthetic_sets = {"mixed": items} | {c: [i for i in items if i[0] == c] for c in CATEGORIES}
+    report: dict = {"timeout_s": TIMEOUT_S, "repeats": repeats, "cpus": len(os.sched_getaffinity(0)),
+                    "load_before": os.getloadavg()[0]}
     with Executor(ExecutorConfig(timeout_s=TIMEOUT_S)) as ex:
-        runners = {
-            "sandbox": lambda subset: _timed_ours(ex, subset),
-            "azr": lambda subset: _timed_baseline(AzrBaseline, subset),
-        }
         report["workers"] = ex.slots
         report["isolation"] = ex.isolation
-        for rep in range(repeats):  # interleaved, so a busy moment on the machine hits both alike
-            for label, subset in subsets.items():
-                if label == "timing-out" and rep:
-                    continue
-                for name, measure in runners.items():
-                    elapsed, valid = measure(subset)
-                    seconds.setdefault((label, name), []).append(elapsed)
-                    if label == "mixed":
-                        report[f"{name}_valid"] = valid
-        elapsed, report["bare_valid"] = _timed_baseline(BareWorker, items)
-    rate = {key: len(subsets[key[0]]) / statistics.median(times) for key, times in seconds.items()}
-    report.update(sandbox_per_s=rate["mixed", "sandbox"], azr_per_s=rate["mixed", "azr"],
-                  bare_per_s=len(items) / elapsed)
-    for label in CATEGORIES:
-        report["categories"][label] = {
-            "items": len(subsets[label]),
-            "sandbox_per_s": rate[label, "sandbox"],
-            "azr_per_s": rate[label, "azr"],
-            "ratio": rate[label, "sandbox"] / rate[label, "azr"],
-        }
-    report["ratio"] = report["sandbox_per_s"] / report["azr_per_s"]
-    report["ratio_vs_bare"] = report["sandbox_per_s"] / report["bare_per_s"]
+        replayed = _measure_replay(ex, replay_sets, repeats)
+        bare_s, bare_ok = _timed_bare_replay(entries)
+        synthetic = _measure(synthetic_sets, {
+            "sandbox": lambda subset: _timed_ours(ex, subset),
+            "azr": lambda subset: _timed_baseline(AzrBaseline, subset),
+        }, repeats, once={"timing-out"})
+        synthetic_bare_s, synthetic_bare_ok = _timed_baseline(BareWorker, items)
+    report["load_after"] = os.getloadavg()[0]
+    replay = _table(replay_sets, replayed, ["replay"])["replay"]
+    replay |= {"sandbox_ok": replayed["replay", "sandbox"][1], "azr_ok": replayed["replay", "azr"][1],
+               "bare_per_s": len(entries) / bare_s, "bare_ok": bare_ok,
+               "categories": _table(replay_sets, replayed, REPLAY_CATEGORIES)}
+    mixed = _table(synthetic_sets, synthetic, ["mixed"])["mixed"]
+    mixed |= {"sandbox_valid": synthetic["mixed", "sandbox"][1], "azr_valid": synthetic["mixed", "azr"][1],
+              "bare_per_s": len(items) / synthetic_bare_s, "bare_valid": synthetic_bare_ok,
+              "categories": _table(synthetic_sets, synthetic, CATEGORIES)}
+    report |= {"ratio": replay["ratio"], "replay": replay, "synthetic": mixed}
     return report
+
+
+def _print_part(title: str, part: dict, ok_key: str) -> None:
+    print(title)
+    print(f"  sandbox          : {part['sandbox_per_s']:8.1f}/s ({part['sandbox_' + ok_key]} {ok_key})")
+    print(f"  AZR-like baseline: {part['azr_per_s']:8.1f}/s ({part['azr_' + ok_key]} {ok_key})")
+    print(f"  bare worker      : {part['bare_per_s']:8.1f}/s ({part['bare_' + ok_key]} {ok_key}, one run)")
+    print(f"  ratio sandbox / AZR-like: {part['ratio']:.2f}   (sandbox / bare worker: "
+          f"{part['sandbox_per_s'] / part['bare_per_s']:.2f})")
+    print("  each category alone:")
+    for name, c in part["categories"].items():
+        if c["items"]:
+            print(f"    {name:17s} {c['items']:4d} items  sandbox {c['sandbox_per_s']:8.1f}/s  "
+                  f"AZR-like {c['azr_per_s']:8.1f}/s  ratio {c['ratio']:.2f}")
+        else:
+            print(f"    {name:17s}    0 items")
 
 
 def main(as_json: bool = False) -> int:
@@ -237,16 +411,13 @@ def main(as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"mixed workload: {report['items']} validations (simple, loop-heavy, invalid, timing-out), "
-          f"timeout {TIMEOUT_S:g} s, sandbox workers {report['workers']}, median of {report['repeats']} runs")
-    print(f"  sandbox          : {report['sandbox_per_s']:8.1f} validations/s ({report['sandbox_valid']} valid)")
-    print(f"  AZR-like baseline: {report['azr_per_s']:8.1f} validations/s ({report['azr_valid']} valid)")
-    print(f"  bare worker      : {report['bare_per_s']:8.1f} validations/s ({report['bare_valid']} valid, one run)")
-    print(f"  ratio sandbox / AZR-like: {report['ratio']:.2f}   (sandbox / bare worker: {report['ratio_vs_bare']:.2f})")
-    print("each category alone:")
-    for name, c in report["categories"].items():
-        print(f"  {name:11s} {c['items']:4d} items  sandbox {c['sandbox_per_s']:8.1f}/s  "
-              f"AZR-like {c['azr_per_s']:8.1f}/s  ratio {c['ratio']:.2f}")
+    replay, mixed = report["replay"], report["synthetic"]
+    print(f"timeout {TIMEOUT_S:g} s, sandbox workers {report['workers']}, {report['cpus']} CPUs, median of "
+          f"{report['repeats']} runs, load average {report['load_before']:.1f} before, {report['load_after']:.1f} after")
+    _print_part(f"replay of real self-play ({replay['items']} proposals and answers, {REPLAY.name}):", replay, "ok")
+    print(f"  => replay ratio: {report['ratio']:.2f}")
+    _print_part(f"synthetic mix ({mixed['items']} validations: simple, loop-heavy, invalid, timing-out):", mixed,
+                "valid")
     print(f"isolation: {report['isolation']}")
     return 0
 

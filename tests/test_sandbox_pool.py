@@ -1,5 +1,5 @@
 """The worker pool: recovery from killed workers, recycling, the fallback without namespaces, an unprivileged
-worker, shutdown, and the two commands (sandbox check, bench executor)."""
+worker, shutdown, the two commands (sandbox check, bench executor) and several jobs in one program process."""
 
 from __future__ import annotations
 
@@ -190,6 +190,26 @@ def test_sandbox_check_command(tmp_path: Path):
 
     run = _botlab("sandbox", "check", str(tmp_path / "missing.py"), "--input", "1")
     assert run.returncode == 2 and "cannot read PROGRAM" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_replay_is_real_work_and_the_sandbox_still_judges_it_as_recorded():
+    """bench/replay.jsonl (the headline of `botlab bench executor`): a few hundred entries of every kind, and the
+    sandbox's verdicts on them what the file recorded; the AZR-style baseline accepts every valid proposal too."""
+    from botlab.bench.executor import AzrBaseline, batches, replay_entries, replay_ours
+
+    entries = [e for e in replay_entries() if e["category"] != "timeout"]  # those would only cost time here
+    assert len(entries) >= 200
+    assert {e["kind"] for e in entries} == {"validate", "check_output", "check_input", "check_program"}
+    assert {"valid", "erroring"} <= {e["category"] for e in entries}
+    ordered = [e for batch in batches(entries) for e in batch]
+    with Executor(ExecutorConfig(**TEST_LIMITS)) as ex:
+        verdicts = [ok for batch in batches(entries) for ok in replay_ours(ex, batch)]
+    assert verdicts == [e["category"] == "valid" or e.get("correct", False) for e in ordered]
+    baseline = AzrBaseline()
+    try:
+        assert all(baseline.replay(e) for e in entries if e["category"] == "valid")
+    finally:
+        baseline.close()
 
 
 def test_the_benchmark_baseline_agrees_on_what_it_can_see():

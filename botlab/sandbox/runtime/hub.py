@@ -401,39 +401,53 @@ def _own_proc() -> bool:
 
 
 class _ChildClock:
-    """A job's wall-clock time, less the time its process spent runnable but waiting for a CPU (the second field
-    of /proc/<pid>/schedstat): on a busy host a program must not time out for other processes' work. Sleeping
-    and blocking still count, so the limit still stops a program that waits forever."""
+    """A job's wall-clock time, less the time its process spent runnable but waiting for a CPU (/proc/<pid>/
+    schedstat): on a busy host a program must not time out for other processes' work. Sleeping and blocking still
+    count, so the limit still stops a program that waits forever; a spinning one is stopped once it has had the
+    limit's worth of CPU time (or by the CPU-time limit)."""
 
     def __init__(self, pid: int | None):
-        self.fd = None
-        if pid is not None:
-            try:
-                self.fd = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY)
-            except OSError:
-                pass
-        self.started = self.waited = 0.0
+        self.fds: list[int] = []
+        try:
+            for name in ("schedstat", "stat") if pid is not None else ():
+                self.fds.append(os.open(f"/proc/{pid}/{name}", os.O_RDONLY))
+        except OSError:
+            self.close()  # without both, the plain wall clock
+        self.started = self.cpu = self.waited = 0.0
 
     def start(self) -> None:
-        self.started, self.waited = time.monotonic(), self._waited()
+        self.started = time.monotonic()
+        self.cpu, self.waited = self._schedstat()
 
     def remaining(self, limit: float) -> float:
-        """Seconds left before `limit`: the wall-clock time minus what was spent waiting for a CPU, and never
-        more than WALL_STRETCH times the limit of wall-clock time in all."""
+        """Seconds left before `limit`, and never more than WALL_STRETCH times the limit of wall-clock time."""
         elapsed = time.monotonic() - self.started
         left = limit - elapsed
-        if left <= 0 and elapsed < limit * WALL_STRETCH:
-            left = min(limit - (elapsed - (self._waited() - self.waited)), limit * WALL_STRETCH - elapsed)
-        return left
+        if left > 0 or elapsed >= limit * WALL_STRETCH or not self.fds:
+            return left
+        cpu, waited = self._schedstat()
+        left = limit - (elapsed - (waited - self.waited))
+        if left <= 0 and cpu - self.cpu < limit and self._runnable():
+            left = limit / 20  # waiting for a CPU right now: the kernel counts that wait only once it ends
+        return min(left, limit * WALL_STRETCH - elapsed)
 
-    def _waited(self) -> float:
-        if self.fd is None:
-            return 0.0
+    def _schedstat(self) -> tuple[float, float]:
+        """(CPU time, time spent waiting for a CPU) of the process so far, in seconds."""
+        if not self.fds:
+            return 0.0, 0.0
         try:
-            return int(os.pread(self.fd, 128, 0).split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            return 0.0
+            on_cpu, waiting = os.pread(self.fds[0], 128, 0).split()[:2]
+            return int(on_cpu) / 1e9, int(waiting) / 1e9
+        except (OSError, ValueError):
+            return 0.0, 0.0
+
+    def _runnable(self) -> bool:
+        try:
+            return os.pread(self.fds[1], 512, 0).rpartition(b")")[2].split()[0] == b"R"
+        except (OSError, IndexError):
+            return False
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
