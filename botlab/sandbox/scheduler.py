@@ -1,8 +1,8 @@
 """Runs one batch of jobs on the worker pool.
 
 - Jobs travel in chunks: one frame to a worker, one frame back, and (behind the gate) one program process for the
-  whole chunk, each job in it with its own limits (runtime/hub.py). A batch is cut into enough chunks to keep
-  every slot busy; a chunk is formed when a worker takes it.
+  whole chunk, each job in it with its own limits (runtime/hub.py). A batch is cut into at least one chunk per
+  slot (a validation's two runs count as two); a chunk is formed when a worker takes it.
 - At most `slots` chunks run at once: one per busy worker.
 - Each busy worker also holds one chunk in reserve, so it starts the next without waiting for us.
 - A run with a `group` goes to a worker of that hash-seed group: a validation's two runs go one to each, at the
@@ -65,7 +65,7 @@ class Batch:
         self.deadline: dict[Worker, float] = {}
 
     def run(self, runs: list[Run]) -> None:
-        self.size = max(1, min(MAX_CHUNK, -(-len(runs) // (2 * self.slots))))
+        self.size = max(1, min(MAX_CHUNK, -(-len(runs) // self.slots)))  # a small batch: one round, one chunk a slot
         for run in runs:
             self.pending[run.group].append(run)
         with selectors.DefaultSelector() as self.selector:
