@@ -294,9 +294,13 @@ class ExecutorConfig(Strict):
     """The sandbox that validates proposals and checks answers (botlab.sandbox); reasons in runtime/reasons.py."""
 
     workers: int | Literal["auto"] = Field(
-        "auto", description="programs run at once (each in its own process); auto = CPUs available to us"
+        "auto", description="program processes at once (behind the gate one runs several short programs in turn, "
+        "docs/sandbox.md); auto = CPUs available to us"
     )
-    timeout_s: float = Field(5.0, gt=0, description="wall-clock limit per program run, all of its inputs (hard kill)")
+    timeout_s: float = Field(
+        5.0, gt=0, description="wall-clock limit per program run, all of its inputs (hard kill); time spent waiting "
+        "for a CPU on a busy host does not count, up to 10 times this limit in all"
+    )
     cpu_s: int = Field(5, ge=1, description="CPU-time limit per program run")
     memory_mb: int = Field(512, ge=64, description="address-space limit of each program process")
     max_input_chars: int = Field(1000, ge=10, description="longest input (or abduction answer) text")
@@ -322,7 +326,7 @@ class ExecutorConfig(Strict):
         True, description="isolate with Linux namespaces (network, pid, mount; user ns when not root) where allowed"
     )
     tasks_per_worker: int = Field(
-        10000, ge=1, description="a fork-server worker is replaced after this many runs (each run is a new process)"
+        10000, ge=1, description="a fork-server worker is replaced after this many jobs"
     )
 
     @field_validator("banned_modules", "extra_banned_modules", "banned_builtins", "extra_preload")
