@@ -3,9 +3,10 @@
 Started by the trainer as `python -S ... -c "from runtime.hub import main; main()"`. Its life:
 1. read the settings frame, preload the standard-library modules programs may import, clear the environment;
 2. enter namespaces (isolation.py) and fork its init, which serves jobs (pid 1 of the new pid namespace);
-3. per job: parse + gate + compile here (cached), fork a child that confines itself and runs the code objects,
-   wait for its JSON result under a hard wall-clock deadline, SIGKILL whatever is left, remove its temp dir.
-The worker itself never runs model code; every program run is a new process.
+3. per frame (one job or a list): parse + gate + compile here (cached), fork a child that confines itself and runs
+   the code objects, read each job's result under its own deadline, SIGKILL whatever is left, remove its temp dir.
+The worker itself never runs model code. Behind the gate, the jobs of a frame that change nothing shared run one
+after another in one child (gate.may_share_a_process); any other job gets a child of its own (docs/sandbox.md).
 """
 
 from __future__ import annotations
