@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DIGEST_AT_KEY, POLL_AT_KEY, NEXT_DIGEST_KEY = "schedule/digest_at", "schedule/poll_at", "next_digest_at"
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)  # long Message-IDs must not be folded
 ANSWERED = ("question", "ignored", "error")  # feedback that changed nothing is answered at once, not at the digest
+ANSWERED_UP_TO_KEY = "feedback/answered_up_to"  # feedback ids up to this one had their answers enqueued
 
 
 class Reporter:
@@ -73,6 +74,8 @@ class Reporter:
             await channel.start(listen=listen)
         if self.store.get(DIGEST_AT_KEY) is None:
             self.store.put(DIGEST_AT_KEY, time.time())  # the first digest comes one interval after the first start
+        if self.store.get(ANSWERED_UP_TO_KEY) is None:  # a run from before answers existed: no late answers
+            self.store.put(ANSWERED_UP_TO_KEY, self._last_done_feedback())
         self._set_next_digest()
 
     async def stop(self) -> None:
@@ -224,7 +227,7 @@ class Reporter:
                 await channel.commit_receive()
             self.store.put(POLL_AT_KEY, time.time())
             applied = await asyncio.to_thread(apply_pending, self.store, self._interpreter())
-            self._enqueue_answers(applied, time.time())
+            self._enqueue_answers(time.time())
             return applied
 
     async def read_inbox(self) -> list[int]:
@@ -238,20 +241,22 @@ class Reporter:
         await self.flush_outbox()
         return applied
 
-    def _enqueue_answers(self, feedback_ids: list[int], now: float) -> None:
+    def _last_done_feedback(self) -> int:
+        return self.store.scalar("SELECT COALESCE(MAX(id), 0) FROM feedback WHERE status != 'pending'")
+
+    def _enqueue_answers(self, now: float) -> None:
         """A message that changed nothing (a question, nothing understood, an error) gets its answer back on the
-        channel it came from."""
-        if not feedback_ids:
-            return
-        marks = ",".join("?" * len(feedback_ids))
-        rows = self.store.query(f"SELECT * FROM feedback WHERE id IN ({marks}) AND status IN (?, ?, ?)",
-                                (*feedback_ids, *ANSWERED))
+        channel it came from. Enqueued with the mark of what was answered, so a crash in between loses none."""
         with self.store.transaction() as db:
+            done = self._last_done_feedback()
+            rows = self.store.query("SELECT * FROM feedback WHERE id > ? AND id <= ? AND status IN (?, ?, ?)",
+                                    (self.store.get(ANSWERED_UP_TO_KEY) or 0, done, *ANSWERED))
             for row in rows:
                 answer = self._answer(row, now)
                 if answer is not None:
                     outbox.enqueue(db, row["channel"], answer[0], "answer", answer[1],
                                    f"answer-{row['id']}:{row['channel']}", now)
+            self.store.put(ANSWERED_UP_TO_KEY, done)
 
     def _answer(self, row, now: float) -> tuple[str, dict] | None:
         """(recipient, payload) of the answer to a feedback row, or None where its channel has no way back."""

@@ -337,3 +337,21 @@ async def test_a_reply_that_changes_nothing_is_answered_by_mail(tmp_path, mail_e
     body = answer.get_body(("plain",)).get_content()
     assert "> The string tasks are too easy." in body
     assert 'question: "The string tasks are too easy": difficulty changes for all tasks' in body
+
+
+async def test_an_answer_is_not_lost_to_a_crash_after_applying(reporter, store, mail_env):
+    """The poll applied a reply and died before enqueuing its answer: the next poll sends the answer, once."""
+    from botlab.notifiers.feedback import apply_pending, record
+    from botlab.notifiers.replies import Incoming
+
+    record(store, Incoming(channel="email", external_id="<r1@example.test>", sender=mail_env.human,
+                           text="deduction is meh"))
+    apply_pending(store)  # ...and here the process died
+    await reporter.poll_feedback()
+    await reporter.poll_feedback()
+    await reporter.flush_outbox()
+    [raw] = await mail_env.dovecot.wait_for_messages(mail_env.human, 1)
+    answer = message_from_bytes(raw, policy=policy.default)
+    assert answer["In-Reply-To"] == "<r1@example.test>"
+    assert 'did not understand "deduction is meh"' in answer.get_body(("plain",)).get_content()
+    assert store.scalar("SELECT COUNT(*) FROM outbox WHERE kind = 'answer'") == 1
