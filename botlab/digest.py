@@ -313,9 +313,9 @@ def _pts(change: float) -> str:
 
 
 def _where(facts: DigestFacts) -> str:
-    """How far the run is, in the console's terms: "step 8 of 20", "step 4 of 4 in this run (20 planned)"."""
+    """How far the run is, in the console's terms: "step 8 of 20", "step 4 of 4 in this run, 20 planned"."""
     text = f"step {facts.steps_done} of {facts.target_step}"
-    return text + (f" in this run ({facts.total_steps} planned)" if facts.run_last_step else "")
+    return text + (f" in this run, {facts.total_steps} planned" if facts.run_last_step else "")
 
 
 def _mean_change(facts: DigestFacts) -> float | None:
@@ -379,7 +379,7 @@ def _needs_reader(facts: DigestFacts) -> list[str]:
 
 def _needs_line(facts: DigestFacts) -> str:
     needs = _needs_reader(facts)
-    return "; ".join(needs) if needs else "nothing, the run goes on by itself"
+    return "; ".join(needs) if needs else "nothing"
 
 
 def template_narrative(facts: DigestFacts) -> str:
@@ -388,12 +388,15 @@ def template_narrative(facts: DigestFacts) -> str:
         lines = [f"No self-play step finished since the last digest (team {facts.team}, {_where(facts)})."]
     else:
         lines = [f"{_step_range(facts.first_step, facts.last_step).capitalize()} ran since the last digest; "
-                 f"the run is at {_where(facts)}."]
+                 f"now at {_where(facts)}."]
         if facts.solve_rates:
             best = max(facts.solve_rates, key=facts.solve_rates.get)
             worst = min(facts.solve_rates, key=facts.solve_rates.get)
-            lines.append(f"The solver does best on {best} ({_pct(facts.solve_rates[best])})"
-                         + (f" and worst on {worst} ({_pct(facts.solve_rates[worst])})." if worst != best else "."))
+            if _pct(facts.solve_rates[best]) == _pct(facts.solve_rates[worst]):
+                lines.append(f"The solver solves {_pct(facts.solve_rates[best])} of every task type.")
+            else:
+                lines.append(f"The solver does best on {best} ({_pct(facts.solve_rates[best])}) "
+                             f"and worst on {worst} ({_pct(facts.solve_rates[worst])}).")
         if facts.valid_rate is not None:
             lines.append(f"{_pct(facts.valid_rate)} of proposals were valid programs and "
                          f"{_pct(facts.admitted_rate)} were admitted by the reviewer.")

@@ -230,7 +230,7 @@ def test_a_digest_after_one_without_steps_starts_after_the_last_reported_step(st
     record_steps(store, [4])
     facts = collect_facts(store, team)
     assert (facts.first_step, facts.last_step) == (4, 4)
-    assert template_narrative(facts).startswith("Step 4 ran since the last digest; the run is at step 4 of 500.")
+    assert template_narrative(facts).startswith("Step 4 ran since the last digest; now at step 4 of 500.")
 
 
 def test_refused_messages_count_as_feedback(store, team):
@@ -293,7 +293,7 @@ def test_the_digest_counts_to_the_step_the_console_does(store, team):
     facts = collect_facts(store, team)
     digest = render(facts, template_narrative(facts))
     assert digest.subject.startswith("[botlab demo] digest #1: step 4/4,")
-    assert "step 4 of 4 in this run (500 planned)" in digest.text
+    assert "Steps 1-4 ran; step 4 of 4 in this run, 500 planned." in digest.text
 
 
 def test_the_short_form_fits_a_phone(store, team):
@@ -374,3 +374,9 @@ def test_the_html_digest_reads_on_a_phone_and_a_desktop(store, team, tmp_path):
         finally:
             browser.close()
     print("screenshots:", *sorted(tmp_path.glob("digest-*.png")))
+
+
+def test_no_best_type_is_named_when_all_solve_alike(store, team):
+    record_steps(store, [1, 2], solve=lambda step, i: 0.0)
+    narrative = template_narrative(collect_facts(store, team))
+    assert "The solver solves 0% of every task type." in narrative and "best" not in narrative
