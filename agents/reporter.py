@@ -53,13 +53,16 @@ def _tools(facts: dict[str, Any]) -> list:
     @tool
     def progress() -> str:
         """Steps done since the last digest, solve rates and rewards per task type, proposal rates, throughput."""
-        return pick("first_step", "last_step", "steps", "total_steps", "solve_rates", "solve_rate_change", "rewards",
-                    "valid_rate", "admitted_rate", "rejections", "seconds_per_step", "tokens_per_second", "evaluation")
+        return pick("first_step", "last_step", "steps", "steps_done", "run_last_step", "total_steps", "solve_rates",
+                    "solve_rate_change", "change_basis", "rewards", "valid_rate", "admitted_rate", "rejections",
+                    "seconds_per_step", "tokens_per_second", "evaluation")
 
     @tool
     def feedback_and_health() -> str:
-        """Human feedback received since the last digest and what it changed; the curriculum; errors and restarts."""
-        return pick("feedback", "curriculum", "errors", "restarts", "unclean_stops")
+        """Human feedback received since the last digest and what it changed, messages refused and why, how many
+        arrived in all; the curriculum; errors and restarts after unclean stops."""
+        return pick("messages", "feedback", "refused", "curriculum", "errors", "error_count", "restarts",
+                    "unclean_stops")
 
     @tool
     def examples() -> str:
