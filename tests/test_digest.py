@@ -380,3 +380,19 @@ def test_no_best_type_is_named_when_all_solve_alike(store, team):
     record_steps(store, [1, 2], solve=lambda step, i: 0.0)
     narrative = template_narrative(collect_facts(store, team))
     assert "The solver solves 0% of every task type." in narrative and "best" not in narrative
+
+
+def test_the_short_form_stays_short_whatever_it_holds(store, tmp_path):
+    team = TeamConfig(name="a-team-with-a-rather-long-name-" + "x" * 30, goal="g", storage_dir=tmp_path)
+    record_run(store, steps=5)
+    with store.transaction() as db:
+        for i in range(6):
+            db.execute("INSERT INTO feedback(channel, external_id, sender, received_at, text, status, response) "
+                       "VALUES ('nostr', ?, ?, 0, ?, 'applied', ?)", (f"m{i}", NPUB, "word " * 80, "weights " * 30))
+    for i in range(4):
+        store.log_event("error", f"engine: {'trace ' * 60}", level="error")
+    facts = collect_facts(store, team)
+    for narrative in ("x" * 2000, "One sentence. " * 100, "no full stop " * 100):
+        short = render(facts, narrative).short
+        assert len(short) <= 600 and max(map(len, short.splitlines())) <= 120, short
+        assert short.splitlines()[-1].startswith("Reply: /focus abduction")
