@@ -279,8 +279,9 @@ def _stops(store: Store, since: float | None) -> tuple[int, int]:
 
 
 def _series(store: Store) -> dict[str, list[tuple[int, float]]]:
+    """What the chart draws over the whole run: solve rate per task type, held-out scores and their intervals."""
     rows = store.query(
-        "SELECT step, name, value FROM metrics WHERE name LIKE 'solve_rate/%' OR name LIKE 'reward/%' "
+        "SELECT step, name, value FROM metrics WHERE name LIKE 'solve_rate/%' "
         "OR name LIKE 'eval/%' OR name LIKE 'eval_ci95/%' ORDER BY step")
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
