@@ -42,6 +42,7 @@ from botlab.sandbox import Executor
 
 TIMEOUT_S = 1.0
 REPEATS = 3
+REPLAY_REPEATS = 5  # the replay is short: more passes, and a median per batch
 CATEGORIES = ("simple", "loop-heavy", "invalid", "timing-out")
 REPLAY = Path(__file__).with_name("replay.jsonl")
 REPLAY_CATEGORIES = ("valid", "rejected", "erroring", "timeout", "answer-deduction", "answer-abduction",
@@ -184,7 +185,8 @@ class AzrBaseline:
         self._start()
 
     def _start(self) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"), initializer=_quiet)
+        context = multiprocessing.get_context("fork")
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_quiet)
 
     def validate(self, code: str, arg: str) -> bool:
         return self.execute(code, _determinism_template(code, arg))
@@ -290,23 +292,26 @@ def batches(entries: list[dict]) -> list[list[dict]]:
     return list(grouped.values())
 
 
-def _replay_pass(ex: Executor, baseline: AzrBaseline, entries: list[dict]) -> dict[str, tuple[float, int]]:
-    """One pass over the entries, batch by batch, each batch first through the sandbox, then the baseline: both
-    meet the host in the same state, however its load changes."""
-    seconds, ok = {"sandbox": 0.0, "azr": 0.0}, {"sandbox": 0, "azr": 0}
-    for batch in batches(entries):
-        start = time.perf_counter()
-        ok["sandbox"] += sum(replay_ours(ex, batch))
-        middle = time.perf_counter()
-        ok["azr"] += sum(baseline.replay(entry) for entry in batch)
-        seconds["sandbox"] += middle - start
-        seconds["azr"] += time.perf_counter() - middle
+def _replay_pass(ex: Executor, baseline: AzrBaseline, entries: list[dict]) -> dict[str, tuple[list[float], int]]:
+    """One pass over the entries, batch by batch, each batch through the sandbox and the baseline in turn (which
+    goes first alternates): both meet the host in the same state, however its load changes. Seconds per batch."""
+    seconds: dict[str, list[float]] = {"sandbox": [], "azr": []}
+    ok = {"sandbox": 0, "azr": 0}
+    sides = {"sandbox": lambda batch: sum(replay_ours(ex, batch)),
+             "azr": lambda batch: sum(baseline.replay(entry) for entry in batch)}
+    for number, batch in enumerate(batches(entries)):
+        for name in sorted(sides, reverse=bool(number % 2)):
+            start = time.perf_counter()
+            ok[name] += sides[name](batch)
+            seconds[name].append(time.perf_counter() - start)
     return {name: (seconds[name], ok[name]) for name in seconds}
 
 
 def _measure_replay(ex: Executor, subsets: dict[str, list[dict]], repeats: int) -> dict:
-    """Median seconds and the count per (subset, side); a subset with timeouts once (its time is the timeout's)."""
-    seconds: dict[tuple[str, str], list[float]] = {}
+    """Seconds and the count per (subset, side): the sum over batches of each batch's median time, so that a burst
+    of load during one batch of one pass does not decide the ratio. A subset with timeouts runs once (its time is
+    the timeout's), except the whole replay."""
+    seconds: dict[tuple[str, str], list[list[float]]] = {}
     counts: dict[tuple[str, str], int] = {}
     for rep in range(repeats):
         baseline = AzrBaseline()
@@ -314,12 +319,13 @@ def _measure_replay(ex: Executor, subsets: dict[str, list[dict]], repeats: int) 
             for label, subset in subsets.items():
                 if not subset or (rep and any(e["category"] == "timeout" for e in subset) and label != "replay"):
                     continue
-                for name, (elapsed, count) in _replay_pass(ex, baseline, subset).items():
-                    seconds.setdefault((label, name), []).append(elapsed)
+                for name, (per_batch, count) in _replay_pass(ex, baseline, subset).items():
+                    seconds.setdefault((label, name), []).append(per_batch)
                     counts[label, name] = count
         finally:
             baseline.close()
-    return {key: (statistics.median(times), counts[key]) for key, times in seconds.items()}
+    return {key: (sum(statistics.median(times) for times in zip(*passes)), counts[key])
+            for key, passes in seconds.items()}
 
 
 def _timed_bare_replay(entries: list[dict]) -> tuple[float, int]:
@@ -358,19 +364,21 @@ def _table(subsets: dict[str, list], measured: dict, labels) -> dict:
     return table
 
 
-def run(repeats: int = REPEATS, replay_path: Path = REPLAY) -> dict:
-    """The replay and the synthetic mix, each whole (median of `repeats`) and each category alone (once where it
-    times out: its time is the timeout's), sandbox and AZR-like baseline interleaved; the bare worker once each."""
+def run(repeats: int = REPEATS, replay_repeats: int = REPLAY_REPEATS, replay_path: Path = REPLAY) -> dict:
+    """The replay (`replay_repeats` passes) and the synthetic mix (median of `repeats`), each whole and each category
+    alone (once where it times out: its time is the timeout's), sandbox and AZR-like baseline interleaved; the bare
+    worker once each."""
     entries = replay_entries(replay_path)
     items = workload()
     replay_sets = {"replay": entries} | {c: [e for e in entries if e["category"] == c] for c in REPLAY_CATEGORIES}
     synthetic_sets = {"mixed": items} | {c: [i for i in items if i[0] == c] for c in CATEGORIES}
-    report: dict = {"timeout_s": TIMEOUT_S, "repeats": repeats, "cpus": len(os.sched_getaffinity(0)),
+    report: dict = {"timeout_s": TIMEOUT_S, "repeats": repeats, "replay_repeats": replay_repeats,
+                    "cpus": len(os.sched_getaffinity(0)),
                     "load_before": os.getloadavg()[0]}
     with Executor(ExecutorConfig(timeout_s=TIMEOUT_S)) as ex:
         report["workers"] = ex.slots
         report["isolation"] = ex.isolation
-        replayed = _measure_replay(ex, replay_sets, repeats)
+        replayed = _measure_replay(ex, replay_sets, replay_repeats)
         bare_s, bare_ok = _timed_bare_replay(entries)
         synthetic = _measure(synthetic_sets, {
             "sandbox": lambda subset: _timed_ours(ex, subset),
@@ -412,12 +420,13 @@ def main(as_json: bool = False) -> int:
         print(json.dumps(report, indent=2))
         return 0
     replay, mixed = report["replay"], report["synthetic"]
-    print(f"timeout {TIMEOUT_S:g} s, sandbox workers {report['workers']}, {report['cpus']} CPUs, median of "
-          f"{report['repeats']} runs, load average {report['load_before']:.1f} before, {report['load_after']:.1f} after")
-    _print_part(f"replay of real self-play ({replay['items']} proposals and answers, {REPLAY.name}):", replay, "ok")
+    print(f"timeout {TIMEOUT_S:g} s, sandbox workers {report['workers']}, {report['cpus']} CPUs, load average "
+          f"{report['load_before']:.1f} before, {report['load_after']:.1f} after")
+    _print_part(f"replay of real self-play ({replay['items']} proposals and answers, {REPLAY.name}; per batch the "
+                f"median of {report['replay_repeats']} passes):", replay, "ok")
     print(f"  => replay ratio: {report['ratio']:.2f}")
-    _print_part(f"synthetic mix ({mixed['items']} validations: simple, loop-heavy, invalid, timing-out):", mixed,
-                "valid")
+    _print_part(f"synthetic mix ({mixed['items']} validations: simple, loop-heavy, invalid, timing-out; median of "
+                f"{report['repeats']} runs):", mixed, "valid")
     print(f"isolation: {report['isolation']}")
     return 0
 

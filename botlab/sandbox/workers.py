@@ -24,7 +24,7 @@ class WorkerStartError(RuntimeError):
 
 
 class Worker:
-    """A fork-server process (runtime/hub.py) with a fixed hash seed; it runs one job, or one list of jobs, at a time."""
+    """A fork-server process (runtime/hub.py) with a fixed hash seed; it runs one job (or one list) at a time."""
 
     def __init__(
         self, index: int, hash_seed: int, settings: dict, log_dir: Path, python: str = sys.executable,

@@ -142,7 +142,8 @@ def may_share_a_process(tree: ast.AST) -> bool:
         if isinstance(node, ast.Attribute):
             if node.attr in GLOBAL_MUTATORS:
                 return False
-            if not isinstance(node.ctx, ast.Load) and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+            on_self = isinstance(node.value, ast.Name) and node.value.id == "self"
+            if not isinstance(node.ctx, ast.Load) and not on_self:
                 return False
         elif (isinstance(node, ast.Name) and node.id in GLOBAL_MUTATORS) or (
             isinstance(node, ast.alias) and node.name.rpartition(".")[2] in GLOBAL_MUTATORS
