@@ -294,13 +294,13 @@ def bench_learning(
 ) -> None:
     """Run TEAM from a fresh run dir, then score the base and the trained model on held-out problems."""
     if (minutes is None) == (steps is None):
-        errors.print("give exactly one of --minutes and --steps")
+        errors.print("give exactly one of --minutes and --steps", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE)
     if (minutes is not None and minutes <= 0) or (steps is not None and steps < 1) or window < 1:
-        errors.print("--minutes, --steps and --window must be positive")
+        errors.print("--minutes, --steps and --window must be positive", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE)
     if data is not None and not data.is_file():
-        errors.print(f"--data {data}: no such file")
+        errors.print(f"--data {data}: no such file", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE)
     _team(team_file)  # a bad team file is reported before anything runs
     from botlab.bench.learning import main as bench_main

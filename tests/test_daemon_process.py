@@ -50,6 +50,8 @@ def kill_9(proc) -> None:
 def test_kill_9_at_random_points_then_resume(tmp_path, builtin_model_dir):
     steps = 4
     team = write_tiny_team(tmp_path, steps=steps, digest_every="5s")  # digests are written between the kills too
+    # An entropy bonus gives every step a gradient, so every step has an update to be killed in.
+    team.write_text(team.read_text().replace("train: {", "train: {entropy_coef: 0.001, "))
     run_dir = tmp_path / "runs" / "tiny"
     db_path = run_dir / "botlab.sqlite"
     log = tmp_path / "run.log"

@@ -130,5 +130,6 @@ def test_launch_refuses_an_in_process_vllm_engine(tmp_path):
     done = subprocess.run(TORCHRUN + ["-m", "botlab.cli", "run", str(team), "--steps", "1"], capture_output=True,
                           text=True, timeout=600, cwd=REPO, env=ENV)
     assert done.returncode != 0
-    assert done.stdout.count("error: model.engine is 'vllm': vLLM would run inside rank 0") == 2  # both ranks say why
+    # Every rank refuses; torchrun may end the slower rank before it prints, so at least one says why.
+    assert done.stdout.count("error: model.engine is 'vllm': vLLM would run inside rank 0") >= 1
     assert not (tmp_path / "runs" / "tiny").exists()  # before the lock, the store or the model

@@ -33,9 +33,12 @@ class VLLMEngine(Engine):
     def __init__(self, cfg: ModelConfig, model_dir: Path) -> None:
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
             raise EngineError("VLLM_ENABLE_V1_MULTIPROCESSING must be 0 (import botlab.engines before vllm)")
-        from vllm import LLM
+        from vllm import LLM, envs as vllm_envs
         from vllm.platforms import current_platform
 
+        # An engine started earlier in this process froze vLLM's view of the environment (its env cache): a new one
+        # reads the environment as it is now (e.g. VLLM_CPU_OMP_THREADS_BIND for a tensor-parallel engine).
+        vllm_envs.disable_envs_cache()
         kwargs: dict = {}
         if current_platform.is_cpu():
             # Exact size, and per engine: the VLLM_CPU_KVCACHE_SPACE variable takes whole GiB and is read once.
