@@ -53,15 +53,13 @@ def window_stats(db: sqlite3.Connection, first: int, last: int) -> dict:
 def held_out_scores(team: TeamConfig, model_dir: Path, data: Path | None, humaneval_limit: int) -> dict:
     """suite -> (score, 95% half-width, problems) for one model, on one loaded engine."""
     with open_store(team.run_dir) as store:
-        split = heldout.counts(store)
-    suites: dict[str, int | None] = {"heldout": None} if split else {}  # empty when nothing was admitted
-    if humaneval_limit:
-        suites["humaneval"] = humaneval_limit
-    if data:
-        suites |= {"cruxeval-o": None, "cruxeval-i": None}
-    if not suites:
-        return {}
-    with open_store(team.run_dir) as store:
+        suites: dict[str, int | None] = {"heldout": None} if heldout.counts(store) else {}  # empty: none admitted
+        if humaneval_limit:
+            suites["humaneval"] = humaneval_limit
+        if data:
+            suites |= {"cruxeval-o": None, "cruxeval-i": None}
+        if not suites:
+            return {}
         results, _ = evaluate_model(team, model_dir, suites, data=data, store=store)
     return {r.suite: (r.score, r.ci95, r.problems) for r in results}
 

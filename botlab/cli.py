@@ -145,6 +145,8 @@ def status(team_file: TeamArg, as_json: JsonOpt = False) -> None:
 
 
 def _print_status(info: dict) -> None:
+    from botlab.digest import eval_text
+
     table = Table(title=f"botlab team {info['team']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -177,7 +179,8 @@ def _print_status(info: dict) -> None:
         table.add_row("pending feedback", str(info["pending_feedback"]))
         table.add_row("unsent messages", str(info["unsent_messages"]))
         table.add_row("held-out split", per_type(info["heldout_sizes"]))
-        table.add_row("held-out scores", _eval_lines(info["last_eval"]))
+        table.add_row("held-out scores", "\n".join(f"{suite} {eval_text(e)}" for suite, e in info["held_out"].items())
+                      or "-")
         engine = info["engine"] or {}
         table.add_row("engine", engine.get("why") or engine.get("name") or "-")
         table.add_row("errors since start", str(info["errors_since_start"]))
@@ -204,14 +207,6 @@ def _curriculum_text(c: dict) -> str:
 def _clip(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _eval_lines(last_eval) -> str:
-    """The newest score per suite: 'heldout/deduction 0.250 ± 0.100 (n=32, step 40)', one per line."""
-    if not isinstance(last_eval, dict) or "suite" in last_eval:  # none yet, or an older run's single result
-        return "-"
-    return "\n".join(f"{suite} {r['score']:.3f} ± {r['ci95']:.3f} (n={r['problems']}, step {r['step']})"
-                     for suite, r in sorted(last_eval.items()) if isinstance(r, dict) and "score" in r) or "-"
 
 
 @app.command()

@@ -22,6 +22,7 @@ from botlab.digest import RUN_LAST_STEP_KEY
 from botlab.observability import MetricsSink
 from botlab.progress import RunProgress
 from botlab.resources import release_free_memory, usage
+from botlab.selfplay import heldout
 from botlab.status import LOCK_NAME
 from botlab.store import Store, StoreError, open_store
 
@@ -284,7 +285,6 @@ class Daemon:
     def _evaluate(self, step: int, side: SideLoop) -> None:
         """The periodic held-out evaluation, on the in-process engine; a bad eval setting never stops training."""
         from botlab.evaluation import EvalError, describe, record, run_suite
-        from botlab.selfplay import heldout
 
         schedules = self.team.schedules
         data = self.team.resolve_path(schedules.eval_data) if schedules.eval_data else None

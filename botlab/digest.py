@@ -158,7 +158,7 @@ def collect_facts(store: Store, team: TeamConfig, now: float | None = None) -> D
         facts.tokens_per_second = _mean([s.get("tokens_per_second") for s in summaries])
         facts.rejections = _rejections(store, after_step, summaries)
         facts.examples = _examples(store, after_step)
-    facts.evaluation = _evaluation(store)
+    facts.evaluation = held_out_scores(store)
     facts.feedback = _feedback(store)
     facts.refused = _refused(store, since)
     facts.errors, facts.error_count = _errors(store, since)
@@ -218,8 +218,9 @@ def _examples(store: Store, after_step: int, limit: int = 3) -> list[Example]:
     return list(picked.values())
 
 
-def _evaluation(store: Store) -> dict[str, dict[str, Any]]:
-    """The newest held-out score per suite, with its interval and where it stood at the start (step 0 or first)."""
+def held_out_scores(store: Store) -> dict[str, dict[str, Any]]:
+    """The newest held-out score per suite, with its interval and where it stood at the start (step 0 or first);
+    `botlab status` shows the same."""
     out: dict[str, dict[str, Any]] = {}
     last = store.get("last_eval")
     if not isinstance(last, dict) or "suite" in last:  # nothing yet, or an older run's single flat result
@@ -346,7 +347,7 @@ def _eval_brief(suite: str, e: dict[str, Any]) -> str:
     return text + (f" (from {e['start_score']:.2f} at step {e['start_step']})" if e["start_score"] is not None else "")
 
 
-def _eval_text(e: dict[str, Any]) -> str:
+def eval_text(e: dict[str, Any]) -> str:
     text = f"{e['score']:.3f} ± {e['ci95']:.3f} (n={e['problems']}, step {e['step']})"
     return text + (f"; {e['start_score']:.3f} at step {e['start_step']}" if e["start_score"] is not None else "")
 
@@ -525,7 +526,7 @@ def _text(facts: DigestFacts, narrative: str) -> str:
                     *[f"  {call}" for call in _calls(ex)], "  solver said:", _indent(_answer_lines(ex))]
     if facts.evaluation:
         out += ["", "Held-out evaluation (greedy pass@1, 95% interval):"]
-        out += [f"  {suite} {_eval_text(e)}" for suite, e in facts.evaluation.items()]
+        out += [f"  {suite} {eval_text(e)}" for suite, e in facts.evaluation.items()]
     out += ["", "Feedback since the last digest:"]
     out += [f"- {line}" for line in _feedback_lines(facts)] or ["- none"]
     out += ["", f"Curriculum now: {_curriculum_line(facts)}", f"Health: {_health_line(facts)}", "",
@@ -647,7 +648,7 @@ def _html(facts: DigestFacts, narrative: str, chart: bytes | None, subject: str)
                       _pre(ex.program), f'<p style="{_S["note"]}">Checks</p>', _pre("\n".join(_calls(ex))),
                       f'<p style="{_S["note"]}">The solver said</p>', _pre("\n".join(_answer_lines(ex)))]
     if facts.evaluation:
-        rows = "".join(f"<li>{e(s)} {e(_eval_text(v))}</li>" for s, v in facts.evaluation.items())
+        rows = "".join(f"<li>{e(s)} {e(eval_text(v))}</li>" for s, v in facts.evaluation.items())
         parts.append(f'<h2 style="{_S["h2"]}">Held-out evaluation</h2><p style="{_S["note"]}">greedy pass@1, '
                      f"95% interval</p><ul>{rows}</ul>")
     notes = "".join(f'<li style="{_S["li"]}">{e(line)}</li>' for line in _feedback_lines(facts)) or "<li>none</li>"

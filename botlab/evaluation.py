@@ -134,13 +134,13 @@ def evaluate_tasks(engine: Engine, executor: Executor, team: TeamConfig, suite: 
         openings.append(opening)
         closings.append(part.parsed_closing if part else "")
     outputs = engine.generate(prompts, samplings)
-    scores = []
+    items = []
     for task, opening, closing, completions in zip(tasks, openings, closings, outputs):
-        texts = [opening + c.text + (closing if closing and _stopped_at_string(engine, c) else "")
-                 for c in completions]
-        items = [(task, solver.parse(task.task_type, t)) for t in texts]
-        correct = check_answers(executor, team.selfplay.induction_visible, items)
-        scores.append(sum(correct) / len(correct))
+        for c in completions:
+            text = opening + c.text + (closing if closing and engine.stopped_at_string(c) else "")
+            items.append((task, solver.parse(task.task_type, text)))
+    correct = check_answers(executor, team.selfplay.induction_visible, items)  # one sandbox batch for all answers
+    scores = [sum(correct[i:i + samples]) / samples for i in range(0, len(correct), samples)]
     return _result(suite, scores, samples, started)
 
 
@@ -149,23 +149,16 @@ def _humaneval(engine: Engine, executor: Executor, team: TeamConfig, problems: l
     sampling = _sampling(team, samples, max(team.roles.solver.max_new_tokens, 384))
     messages = [[{"role": "user", "content": HUMANEVAL_PROMPT.format(prompt=p["prompt"])}] for p in problems]
     outputs = engine.generate([engine.chat_prompt_ids(m) for m in messages], sampling)
-    scores = []
-    for problem, completions in zip(problems, outputs):
-        programs = [_humaneval_program(problem, c.text) for c in completions]
-        results = executor.validate_many([(p, [""]) for p in programs])
-        scores.append(sum(r.valid for r in results) / len(results))
+    programs = [_humaneval_program(problem, c.text) for problem, completions in zip(problems, outputs)
+                for c in completions]
+    passed = [r.valid for r in executor.validate_many([(p, [""]) for p in programs])]  # one sandbox batch
+    scores = [sum(passed[i:i + samples]) / samples for i in range(0, len(passed), samples)]
     return _result("humaneval", scores, samples, started)
 
 
 def _sampling(team: TeamConfig, samples: int, max_tokens: int) -> Sampling:
     temperature = 0.0 if samples == 1 else team.roles.solver.temperature
     return Sampling(n=samples, temperature=temperature, max_tokens=max_tokens)
-
-
-def _stopped_at_string(engine: Engine, completion) -> bool:
-    """Stopped at the part's stop string (not at EOS): only then does the loop write the part's closing."""
-    eos = engine.tokenizer.eos_token_id
-    return completion.finish_reason == "stop" and not (completion.token_ids and completion.token_ids[-1] == eos)
 
 
 def _result(suite: str, scores: list[float], samples: int, started: float) -> EvalResult:

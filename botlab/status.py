@@ -10,6 +10,7 @@ from typing import Any
 
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
+from botlab.digest import held_out_scores
 from botlab.selfplay import heldout
 from botlab.store import Store, open_store
 
@@ -76,6 +77,7 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
         "pending_feedback": store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'"),
         "unsent_messages": store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"),
         "last_eval": store.get("last_eval"),
+        "held_out": held_out_scores(store),
         "engine": store.get("engine"),
         "errors_since_start": errors,
         "resume_state": _found(store.resolve(store.get(RESUME_KEY))),

@@ -38,12 +38,14 @@ def digest_now(team: TeamConfig, send: bool, console: Console) -> int:
                 console.print("the running team will send a digest at its next tick")
                 return EXIT_OK
             return asyncio.run(_send(team, store, console) if send else _preview(team, store, console))
-    except NotifierConfigError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return EXIT_USAGE
-    except StoreError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return EXIT_FAILED
+    except (NotifierConfigError, StoreError) as err:
+        return _refused(err, console)
+
+
+def _refused(err: NotifierConfigError | StoreError, console: Console) -> int:
+    """A notifier setting that cannot work is the user's to fix (exit 2); an unusable store is a failure (exit 1)."""
+    console.print(f"[red]error:[/red] {err}", highlight=False)
+    return EXIT_USAGE if isinstance(err, NotifierConfigError) else EXIT_FAILED
 
 
 async def _preview(team: TeamConfig, store, console: Console) -> int:
@@ -92,12 +94,8 @@ def read_inbox(team: TeamConfig, console: Console) -> int:
             rows = store.query("SELECT id, channel, sender, status, response FROM feedback WHERE id > ? ORDER BY id",
                                (before,))
             waiting = outbox.unsent(store)
-    except NotifierConfigError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return EXIT_USAGE
-    except StoreError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return EXIT_FAILED
+    except (NotifierConfigError, StoreError) as err:
+        return _refused(err, console)
     for row in rows:
         console.print(f"feedback #{row['id']} ({row['channel']}, {row['sender']}): {row['response']}",
                       highlight=False, markup=False)

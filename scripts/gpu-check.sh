@@ -4,14 +4,15 @@
 #   serves the learner's exact weights after each sync (python -m botlab.bench.gpu_check). Exit 0 when every check holds.
 #   scripts/gpu-check.sh [MODEL]   MODEL: a local Hugging Face folder; default: the embedded SmolLM2-135M
 # Environment: GPU_VENV (default .venv-gpu, reused when it already imports vllm and sees the GPU), PYTHON (python3.11
-# else python3), BOTLAB_CACHE (where the embedded model is converted, default ~/.cache/botlab).
+# else python3), BOTLAB_CACHE (where the embedded model is converted, default ~/.cache/botlab), GPU_CHECK_DIR (the
+# team file and run dir, default a fresh temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${GPU_VENV:-.venv-gpu}
 python=${PYTHON:-$(command -v python3.11 || command -v python3)}
 model=${1:-builtin:smollm2-135m}
-work=/tmp/botlab-gpu-check
+work=${GPU_CHECK_DIR:-$(mktemp -d -t botlab-gpu-check.XXXXXX)}
 say() { printf '\033[1m[gpu-check]\033[0m %s\n' "$*"; }
 
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
@@ -31,7 +32,7 @@ fi
 "$venv/bin/python" -c 'import torch, vllm; print(f"torch {torch.__version__}, vLLM {vllm.__version__}, "
                                                   f"{torch.cuda.get_device_name()}")'
 
-rm -rf "$work"
+rm -rf "$work/runs"   # a fresh run each time; nothing else in the folder is touched
 mkdir -p "$work"
 team=$work/gpu-check.yaml
 cat >"$team" <<EOF

@@ -255,6 +255,21 @@ def test_run_with_ignore_plan_goes_on_to_load_the_model(tmp_path):
     assert (tmp_path / "runs" / "too-big").is_dir()
 
 
+def test_run_refuses_a_sharding_the_learner_cannot_do(tmp_path):
+    """train.sharding: fsdp is what `botlab plan` sizes, not what the learner does yet: a run says so, starts nothing."""
+    team = write(tmp_path, """
+        name: sharded
+        storage_dir: runs
+        model: {engine: transformers}
+        train: {sharding: fsdp}
+    """)
+    command = [sys.executable, "-m", "botlab.cli", "run", str(team), "--steps", "1", "--ignore-plan"]
+    refused = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert refused.returncode == 1
+    assert "train.sharding is fsdp" in refused.stdout and "the learner cannot do yet" in refused.stdout
+    assert not (tmp_path / "runs").exists()
+
+
 # --- the estimate against a measured update ---------------------------------------------------------------------------
 
 

@@ -124,3 +124,17 @@ def test_status_shows_the_curriculum_and_what_each_feedback_changed(tmp_path, mo
     assert "weights deduction 1, abduction 1, induction 0.5; difficulty +0; deduction difficulty +1" in table.output
     assert '"deduction is too easy" -> deduction difficulty +0 -> +1' in table.output
     assert '"make it more interesting" -> question: I did not understand' in table.output
+
+
+def test_status_shows_held_out_scores_against_their_start(tmp_path):
+    from botlab.evaluation import EvalResult, record
+
+    path = team_file(tmp_path)
+    with open_store(load_team(path).run_dir) as store:
+        record(store, EvalResult("heldout/deduction", 0.125, 0.05, 32, 1, 1.0), step=0)
+        record(store, EvalResult("heldout/deduction", 0.25, 0.1, 32, 1, 1.0), step=10)
+    info = status_json(path)
+    assert info["held_out"]["heldout/deduction"] | {} == {"score": 0.25, "ci95": 0.1, "problems": 32, "step": 10,
+                                                         "start_score": 0.125, "start_step": 0}
+    table = CliRunner().invoke(app, ["status", str(path)]).output  # the cell wraps at the table's width
+    assert "heldout/deduction 0.250 ± 0.100 (n=32, step 10); 0.125" in table and "at step 0" in table

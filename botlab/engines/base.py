@@ -73,6 +73,12 @@ class Engine(ABC):
         self.vocab_size = vocab_size
         self.weight_version = 0
 
+    def stopped_at_string(self, completion: Completion) -> bool:
+        """The completion ended at one of its stop strings (not at EOS, not at the length limit): a primed reply's
+        part was closed by the model, so the loop may write the part's closing."""
+        eos = self.tokenizer.eos_token_id
+        return completion.finish_reason == "stop" and not (completion.token_ids and completion.token_ids[-1] == eos)
+
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of a chat, rendered with the model's chat template and ending with the assistant's turn opener."""
         if not isinstance(messages, list) or not messages:

@@ -48,7 +48,12 @@ def launch_rank() -> int:
 
 
 def launch_problem(team: TeamConfig) -> str | None:
-    """Why `team` cannot run under this launch, if it cannot (checked by every rank before it loads anything)."""
+    """Why `team` cannot run (alone or under this launch), if it cannot: checked by every rank before it loads
+    anything."""
+    if team.train.sharding == "fsdp":
+        # `botlab plan` sizes a sharded learner; the learner does not shard yet, and a silent DDP would not fit.
+        return ("train.sharding is fsdp, which `botlab plan` sizes but the learner cannot do yet (it runs DDP under a "
+                "launch): set train.sharding: ddp or none, or turn on model.lora")
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return None
     engine = team.model.engine

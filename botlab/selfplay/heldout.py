@@ -46,16 +46,22 @@ class Splitter:
     """Decides, for the admitted proposals of one step or seed round, which go to the split."""
 
     def __init__(self, store: Store, cfg: SelfPlayConfig):
+        self.store = store
         self.cfg = cfg
         self.room = {t: cfg.heldout_size - counts(store).get(t, 0) for t in cfg.task_types}
-        self.buffered = {r["fingerprint"] for r in store.query(
-            "SELECT t.fingerprint FROM buffers b JOIN tasks t ON t.id = b.task_id")}
+        self.buffered: set[str] | None = None  # read only once a candidate is drawn: a frozen split needs none
 
     def take(self, triplet: Triplet, fingerprint: str) -> bool:
         task_type = triplet.task_type
         if self.room.get(task_type, 0) <= 0 or not draws(fingerprint, self.cfg.heldout_every):
             return False
-        if task_type != "induction" and fingerprint in self.buffered:
+        if task_type != "induction" and fingerprint in self._buffered():
             return False
         self.room[task_type] -= 1
         return True
+
+    def _buffered(self) -> set[str]:
+        if self.buffered is None:
+            self.buffered = {r["fingerprint"] for r in self.store.query(
+                "SELECT t.fingerprint FROM buffers b JOIN tasks t ON t.id = b.task_id")}
+        return self.buffered

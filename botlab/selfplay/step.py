@@ -387,7 +387,8 @@ class SelfPlay:
             closed = parts[0].parsed_closing if parts else ""
             groups.append([
                 Sample(role, task_type, prompt_ids, messages[-1]["content"], c, role_cfg.temperature,
-                       prefix=parts[0].opening if parts else "", suffix=closed if self._stopped_at_string(c) else "")
+                       prefix=parts[0].opening if parts else "",
+                       suffix=closed if self.engine.stopped_at_string(c) else "")
                 for c in completions
             ])
         for k in range(1, max(len(parts) for _, _, parts in prompts)):
@@ -423,14 +424,10 @@ class SelfPlay:
             )
             mask = s.train_mask or [1.0] * len(head.token_ids)
             s.train_mask = mask + [0.0] * len(opening) + [1.0] * len(tail.token_ids)
-            s.suffix = part.parsed_closing if self._stopped_at_string(tail) else ""
+            s.suffix = part.parsed_closing if self.engine.stopped_at_string(tail) else ""
 
     def _encode(self, text: str) -> list[int]:
         return self.engine.tokenizer.encode(text, add_special_tokens=False)
-
-    def _stopped_at_string(self, completion: Completion) -> bool:
-        eos = self.engine.tokenizer.eos_token_id
-        return completion.finish_reason == "stop" and not (completion.token_ids and completion.token_ids[-1] == eos)
 
     def _store_proposal(self, db, step: int, p: Proposal) -> None:
         if p.triplet is None:
