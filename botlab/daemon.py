@@ -7,7 +7,6 @@ The main thread trains (vLLM and torch want it); a side thread runs an asyncio l
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -18,12 +17,12 @@ from pathlib import Path
 
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
-from botlab.digest import RUN_LAST_STEP_KEY
 from botlab.observability import MetricsSink
 from botlab.progress import RunProgress
 from botlab.resources import release_free_memory, usage
+from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, PHASE_KEY, RESUME_KEY, RUN_LAST_STEP_KEY
+from botlab.rundir import SEEDING_DONE_KEY, STARTED_AT_KEY, AlreadyRunning, DaemonLock
 from botlab.selfplay import heldout
-from botlab.status import LOCK_NAME
 from botlab.store import Store, StoreError, open_store
 
 log = logging.getLogger("botlab.daemon")
@@ -31,40 +30,8 @@ log = logging.getLogger("botlab.daemon")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
-class AlreadyRunning(Exception):
-    pass
-
-
 class MissingState(Exception):
     """The store says training went on, but the learner state it names is gone."""
-
-
-class DaemonLock:
-    """One daemon per run dir: an exclusive lock on run_dir/daemon.lock, released by the OS if we die."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK_NAME
-        self.handle = None
-
-    def __enter__(self) -> "DaemonLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            pid = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise AlreadyRunning(f"another botlab (pid {pid}) is already running this team in {self.path.parent}")
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
 
 
 class StopRequest:
@@ -147,11 +114,11 @@ class Daemon:
     def run(self) -> int:
         from botlab.models import ModelNotFound
 
-        previous = self.store.get("daemon_state", "new")
+        previous = self.store.get(DAEMON_STATE_KEY, "new")
         self.stop.install()
-        self.store.put("daemon_state", "running")
-        self.store.put("phase", "start")  # not the phase a crashed run left behind
-        self.store.put("started_at", time.time())
+        self.store.put(DAEMON_STATE_KEY, "running")
+        self.store.put(PHASE_KEY, "start")  # not the phase a crashed run left behind
+        self.store.put(STARTED_AT_KEY, time.time())
         if previous in ("running", "paused"):
             self.store.log_event("restart", "restarted after an unclean stop", level="warning")
         self.store.log_event("start", f"daemon started (pid {os.getpid()})")
@@ -183,7 +150,7 @@ class Daemon:
         from botlab.models import resolve_model
         from botlab.notifiers.service import Reporter
         from botlab.sandbox import Executor
-        from botlab.selfplay.checkpoints import RESUME_KEY, load_resume_state
+        from botlab.selfplay.checkpoints import load_resume_state
         from botlab.selfplay.distributed import lead
         from botlab.selfplay.learner import Learner
         from botlab.selfplay.step import SelfPlay
@@ -208,7 +175,7 @@ class Daemon:
         self.engine, why = create_engine(team.model, model_dir, learner_model=shared)
         if resume and self.engine.name != "transformers":
             self.engine.load_weights(self.learner.named_weights())
-        self.store.put("engine", {"name": self.engine.name, "why": why})
+        self.store.put(ENGINE_KEY, {"name": self.engine.name, "why": why})
         self.progress.note(f"engine: {why}")
         self.executor = Executor(team.executor)
         self.progress.note(f"sandbox: {self.executor.isolation}")
@@ -228,7 +195,7 @@ class Daemon:
     # --- the loop ---------------------------------------------------------------------------------------------------
 
     def _loop(self, side: SideLoop) -> int:
-        from botlab.selfplay.checkpoints import RESUME_KEY, prune_resume_states, save_checkpoint, save_resume_state
+        from botlab.selfplay.checkpoints import prune_resume_states, save_checkpoint, save_resume_state
 
         team, store = self.team, self.store
         self.selfplay.ensure_zero_triplets()
@@ -307,7 +274,7 @@ class Daemon:
     def _seed(self, side: SideLoop) -> None:
         """Gather the seed set with the untrained policy, as AZR does, in bounded rounds; once per run (a resume
         never seeds again). The held-out split then gets its first score: the start of the learning curve."""
-        if self.store.get("seeding_done") or self.store.last_step() > 0:
+        if self.store.get(SEEDING_DONE_KEY) or self.store.last_step() > 0:
             return
         rounds = 0
         while self.selfplay.needs_seeding() and not self.stop.requested:
@@ -323,7 +290,7 @@ class Daemon:
             self._tick(side)
         if self.stop.requested:
             return
-        self.store.put("seeding_done", True)
+        self.store.put(SEEDING_DONE_KEY, True)
         if self.team.schedules.eval_every_steps:
             self._evaluate(0, side)
 
@@ -333,16 +300,16 @@ class Daemon:
         while load_curriculum(self.store).paused and not self.stop.requested:
             if not announced:
                 self.progress.note("paused by feedback; reply /resume to continue")
-                self.store.put("daemon_paused", True)
+                self.store.put(DAEMON_PAUSED_KEY, True)
                 announced = True
             self._tick(side)
             time.sleep(2)
         if announced:
-            self.store.put("daemon_paused", False)
+            self.store.put(DAEMON_PAUSED_KEY, False)
         return self.stop.requested
 
     def _phase(self, side: SideLoop, label: str, phase: str) -> None:
-        self.store.put("phase", f"{label}: {phase}")
+        self.store.put(PHASE_KEY, f"{label}: {phase}")
         self.progress.phase(label, phase)
         self._tick(side)
 
@@ -398,7 +365,7 @@ class Daemon:
                 obj.close()
         if side is not None:
             side.close()
-        self.store.put("daemon_state", "stopped")
+        self.store.put(DAEMON_STATE_KEY, "stopped")
         self.store.log_event("stop", "daemon stopped")
 
     def _log_path(self) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 from botlab.config import TeamConfig
 from botlab.curriculum import HELP, Curriculum, load_curriculum
 from botlab.digest_chart import CHART_WIDTH_PX, render_chart
+from botlab.rundir import LAST_EVAL_KEY, RUN_LAST_STEP_KEY
 from botlab.store import Store
 
 __all__ = ["DigestFacts", "RenderedDigest", "collect_facts", "email_message", "render", "render_chart",
@@ -30,7 +31,6 @@ __all__ = ["DigestFacts", "RenderedDigest", "collect_facts", "email_message", "r
 
 CHART_CID = "chart"
 MAX_CHART_POINTS = 400
-RUN_LAST_STEP_KEY = "run_last_step"  # the step the current `botlab run` stops after (its --steps), set by the daemon
 SHORT_LIMIT, SHORT_LINE = 600, 120  # the Nostr DM: characters in all, characters a line
 REPLY_HINT = "Reply: /focus abduction, /harder, /easier, /pause, /resume, /digest or plain words."
 
@@ -222,7 +222,7 @@ def held_out_scores(store: Store) -> dict[str, dict[str, Any]]:
     """The newest held-out score per suite, with its interval and where it stood at the start (step 0 or first);
     `botlab status` shows the same."""
     out: dict[str, dict[str, Any]] = {}
-    last = store.get("last_eval")
+    last = store.get(LAST_EVAL_KEY)
     if not isinstance(last, dict) or "suite" in last:  # nothing yet, or an older run's single flat result
         return out
     for suite, r in sorted(last.items()):

@@ -22,6 +22,7 @@ from botlab.sandbox import Executor
 from botlab.selfplay import heldout
 from botlab.selfplay.checking import check_answers
 from botlab.models import ModelNotFound, resolve_model
+from botlab.rundir import LAST_EVAL_KEY, STORE_NAME
 from botlab.store import Store, open_store
 from botlab.tasks import Triplet
 
@@ -201,9 +202,9 @@ def record(store: Store, result: EvalResult, step: int | None = None) -> None:
         for name, value in ((f"eval/{result.suite}", result.score), (f"eval_ci95/{result.suite}", result.ci95)):
             db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
                        (step, name, value, now))
-    last = store.get("last_eval")
+    last = store.get(LAST_EVAL_KEY)
     last = last if isinstance(last, dict) and "suite" not in last else {}  # older runs kept one flat result
-    store.put("last_eval", last | {result.suite: result.as_dict() | {"step": step, "at": now}})
+    store.put(LAST_EVAL_KEY, last | {result.suite: result.as_dict() | {"step": step, "at": now}})
 
 
 def evaluate_model(team: TeamConfig, model_dir: Path, suites: dict[str, int | None], *, data: Path | None = None,
@@ -231,7 +232,7 @@ def describe(result: EvalResult) -> str:
 
 def run_eval_command(team: TeamConfig, suites: list[str], data: Path | None, limit: int | None, as_json: bool,
                      console: Console, model: Path | None = None) -> int:
-    store_path = team.run_dir / "botlab.sqlite"
+    store_path = team.run_dir / STORE_NAME
     try:
         for suite in suites:
             check_suite(suite)

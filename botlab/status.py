@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from pathlib import Path
@@ -11,47 +10,33 @@ from typing import Any
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
 from botlab.digest import held_out_scores
+from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, LAST_EVAL_KEY, NEXT_DIGEST_KEY, PHASE_KEY
+from botlab.rundir import RESUME_KEY, STARTED_AT_KEY, STORE_NAME, daemon_alive
 from botlab.selfplay import heldout
 from botlab.store import Store, open_store
 
-LOCK_NAME = "daemon.lock"
-RESUME_KEY = "resume_state"  # = botlab.selfplay.checkpoints.RESUME_KEY (not imported here: that loads torch)
 RECENT_FEEDBACK = 5
-
-
-def daemon_alive(run_dir: Path) -> bool:
-    """True while some process holds the run's daemon lock."""
-    lock_path = run_dir / LOCK_NAME
-    if not lock_path.exists():
-        return False
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def run_status(team: TeamConfig) -> dict[str, Any]:
     """Everything `botlab status --json` prints. Works on a run that never started."""
     run_dir = team.run_dir
     base: dict[str, Any] = {"team": team.name, "run_dir": str(run_dir)}
-    if not (run_dir / "botlab.sqlite").exists():
+    if not (run_dir / STORE_NAME).exists():
         return base | {"state": "not started", "step": 0, "total_steps": team.train.steps}
     with open_store(run_dir) as store:
         return base | collect(store, team, alive=daemon_alive(run_dir))
 
 
 def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
-    recorded = store.get("daemon_state", "stopped")
+    recorded = store.get(DAEMON_STATE_KEY, "stopped")
     if alive:
-        state = "paused" if store.get("daemon_paused", False) else "running"
+        state = "paused" if store.get(DAEMON_PAUSED_KEY, False) else "running"
     else:
         state = "crashed" if recorded in ("running", "paused") else recorded
     last = store.query("SELECT * FROM steps ORDER BY step DESC LIMIT 1")
     summary = json.loads(last[0]["summary"]) if last else {}
-    started = store.get("started_at")
+    started = store.get(STARTED_AT_KEY)
     errors = store.scalar(
         "SELECT COUNT(*) FROM events WHERE level = 'error' AND at >= ?", (started or 0,)
     )
@@ -63,7 +48,7 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
         "state": state,
         "step": last[0]["step"] if last else 0,
         "total_steps": team.train.steps,
-        "phase": store.get("phase") if alive else None,
+        "phase": store.get(PHASE_KEY) if alive else None,
         "last_step_at": last[0]["finished_at"] if last else None,
         "seconds_per_step": _seconds_per_step(store),
         "tokens_per_second": summary.get("tokens_per_second"),
@@ -73,12 +58,12 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
         "buffer_sizes": buffers,
         "heldout_sizes": heldout.counts(store),
         "last_digest": dict(last_digest[0]) if last_digest else None,
-        "next_digest_at": store.get("next_digest_at"),
+        "next_digest_at": store.get(NEXT_DIGEST_KEY),
         "pending_feedback": store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'"),
         "unsent_messages": store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"),
-        "last_eval": store.get("last_eval"),
+        "last_eval": store.get(LAST_EVAL_KEY),
         "held_out": held_out_scores(store),
-        "engine": store.get("engine"),
+        "engine": store.get(ENGINE_KEY),
         "errors_since_start": errors,
         "resume_state": _found(store.resolve(store.get(RESUME_KEY))),
         "last_checkpoint": _found(store.resolve(store.scalar(

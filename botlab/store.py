@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from botlab.rundir import STORE_NAME
+
 # Each entry moves the schema from version i to i + 1. Never edit a shipped entry: append a new one.
 MIGRATIONS: list[str] = [
     """
@@ -250,4 +252,4 @@ class Store:
 
 
 def open_store(run_dir: Path) -> Store:
-    return Store(run_dir / "botlab.sqlite")
+    return Store(run_dir / STORE_NAME)

@@ -5,8 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from botlab.daemon import AlreadyRunning, DaemonLock
-from botlab.status import daemon_alive
+from botlab.rundir import AlreadyRunning, DaemonLock, daemon_alive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +27,7 @@ def test_second_daemon_is_refused(tmp_path):
 def test_lock_is_released_when_the_holder_dies(tmp_path):
     run_dir = tmp_path / "r"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from botlab.daemon import DaemonLock\n"
+        "import sys, time; from pathlib import Path; from botlab.rundir import DaemonLock\n"
         f"l = DaemonLock(Path({str(run_dir)!r})).__enter__(); print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert holder.stdout.readline().strip() == "held"

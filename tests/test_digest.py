@@ -286,7 +286,7 @@ def test_the_change_column_is_filled_from_the_first_digest_on(store, team):
 
 
 def test_the_digest_counts_to_the_step_the_console_does(store, team):
-    from botlab.digest import RUN_LAST_STEP_KEY
+    from botlab.rundir import RUN_LAST_STEP_KEY
 
     record_steps(store, range(1, 5))
     store.put(RUN_LAST_STEP_KEY, 4)  # botlab run --steps 4: the console shows "step 4/4"

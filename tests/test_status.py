@@ -72,7 +72,7 @@ def test_a_moved_run_dir_still_finds_its_state(tmp_path):
     resolved path in daemon._build) find the resume state and the checkpoint; an old absolute value still works."""
     import shutil
 
-    from botlab.selfplay.checkpoints import RESUME_KEY
+    from botlab.rundir import RESUME_KEY
 
     path = team_file(tmp_path)
     old_run = load_team(path).run_dir

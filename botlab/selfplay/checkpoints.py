@@ -1,7 +1,7 @@
 """Learner state on disk: a resume state after every committed step, and Hugging Face checkpoints every N steps.
 
 A resume state holds the fp32 trainable weights, the optimizer and the RNGs; the store records which one belongs to
-the last committed step (kv "resume_state"), so a crash between saving and committing is harmless.
+the last committed step (kv rundir.RESUME_KEY), so a crash between saving and committing is harmless.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from pathlib import Path
 import torch
 
 from botlab.selfplay.learner import Learner
-
-RESUME_KEY = "resume_state"
 
 
 def save_resume_state(run_dir: Path, step: int, learner: Learner) -> Path:
