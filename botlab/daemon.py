@@ -173,7 +173,7 @@ class Daemon:
         self.progress.phase("start", "starting the rollout engine")
         shared = self.learner.accelerator.unwrap_model(self.learner.model)
         self.engine, why = create_engine(team.model, model_dir, learner_model=shared)
-        if resume and self.engine.name != "transformers":
+        if resume and not self.engine.shares_learner:
             self.engine.load_weights(self.learner.named_weights())
         self.store.put(ENGINE_KEY, {"name": self.engine.name, "why": why})
         self.progress.note(f"engine: {why}")

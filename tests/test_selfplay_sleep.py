@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 class SleepyEngine(TransformersEngine):
     """Records the calls the step makes and refuses, as vLLM does, to be used while asleep."""
 
-    name = "sleepy"  # not "transformers": the step syncs weights into it as into vLLM
+    name = "sleepy"  # built without the learner's module (shares_learner False): the step syncs into it as into vLLM
     can_sleep = True
 
     def __init__(self, *args, events: list[str]):

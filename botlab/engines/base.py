@@ -66,6 +66,9 @@ class Engine(ABC):
 
     name: str
     can_sleep = False  # whether sleep() really releases accelerator memory
+    # Generates with the learner's own module: every update is already in the engine, so there is nothing to sync
+    # (no load_weights after an update or a resume, and no sleep while the learner trains).
+    shares_learner = False
 
     def __init__(self, tokenizer, max_model_len: int, vocab_size: int) -> None:
         self.tokenizer = tokenizer

@@ -165,7 +165,7 @@ class SelfPlay:
         with clock("solve"):
             solutions = self._solve(solve_tasks)
         samples = [p.sample for p in proposals if not p.heldout] + solutions
-        syncs = self.learner is not None and self.engine.name != "transformers"
+        syncs = self.learner is not None and not self.engine.shares_learner
         with clock("learn"):
             if syncs:
                 self.engine.sleep()  # frees the engine's accelerator memory for the learner (model.sleep_mode)
