@@ -7,7 +7,6 @@ The main thread trains (vLLM and torch want it); a side thread runs an asyncio l
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -195,8 +194,6 @@ class Daemon:
     # --- the loop ---------------------------------------------------------------------------------------------------
 
     def _loop(self, side: SideLoop) -> int:
-        from botlab.selfplay.checkpoints import prune_resume_states, save_checkpoint, save_resume_state
-
         team, store = self.team, self.store
         self.selfplay.ensure_zero_triplets()
         self._seed(side)
@@ -212,26 +209,11 @@ class Daemon:
             label = f"step {step}/{last}"
             report = self.selfplay.run_step(step, on_phase=lambda phase: self._phase(side, label, phase))
             self._phase(side, label, "save")
-            state = save_resume_state(team.run_dir, step, self.learner)
-            checkpoint = None
             out_of_time = self.deadline is not None and time.time() >= self.deadline
-            if step % team.schedules.checkpoint_every_steps == 0 or step == last or out_of_time:
-                checkpoint = save_checkpoint(team.run_dir, step, self.learner, self.engine.tokenizer, state,
-                                             team.schedules.keep_checkpoints)
-                report.timings["checkpoint"] = time.time() - started - sum(report.timings.values())
-
+            self.selfplay.save_state(report, started, last=step == last or out_of_time)
             release_free_memory()  # what the update and the saves freed: the metric shows what the daemon holds
             report.metrics |= usage(team.run_dir)
-
-            def extra(db, state=state, checkpoint=checkpoint, step=step):
-                db.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                           "SET value = excluded.value", (RESUME_KEY, json.dumps(store.relative(state))))
-                if checkpoint is not None:
-                    db.execute("UPDATE steps SET checkpoint = ? WHERE step = ?",
-                               (store.relative(checkpoint), step))
-
-            self.selfplay.commit(report, started, extra_writes=extra)
-            prune_resume_states(team.run_dir, keep=state)
+            self.selfplay.commit(report, started)
             self.metrics.write(step, report.metrics)
             self.progress.step_done(step, last, report.summary, report.timings)
             self._evaluate_if_due(step, side)

@@ -24,6 +24,7 @@ from botlab.config import TeamConfig
 from botlab.curriculum import HELP, Curriculum, load_curriculum
 from botlab.digest_chart import CHART_WIDTH_PX, render_chart
 from botlab.rundir import LAST_EVAL_KEY, RUN_LAST_STEP_KEY
+from botlab.selfplay.summary import StepSummary
 from botlab.store import Store
 
 __all__ = ["DigestFacts", "RenderedDigest", "collect_facts", "email_message", "render", "render_chart",
@@ -118,19 +119,19 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _window_means(summaries: list[dict]) -> tuple[dict, dict, float | None, float | None]:
+def _window_means(summaries: list[StepSummary]) -> tuple[dict, dict, float | None, float | None]:
     solve: dict[str, list[float]] = {}
     rewards: dict[str, dict[str, list[float]]] = {}
     for s in summaries:
-        for t, rate in (s.get("solve_rates") or {}).items():
+        for t, rate in s.solve_rates.items():
             solve.setdefault(t, []).append(rate)
-        for t, by_role in (s.get("rewards") or {}).items():
+        for t, by_role in s.rewards.items():
             for role, r in (by_role or {}).items():
                 rewards.setdefault(t, {}).setdefault(role, []).append(r)
     solve_m = {t: m for t, v in solve.items() if (m := _mean(v)) is not None}
     rewards_m = {t: {r: m for r, v in roles.items() if (m := _mean(v)) is not None} for t, roles in rewards.items()}
-    return (solve_m, rewards_m, _mean([s.get("valid_rate") for s in summaries]),
-            _mean([s.get("admitted_rate") for s in summaries]))
+    return (solve_m, rewards_m, _mean([s.valid_rate for s in summaries]),
+            _mean([s.admitted_rate for s in summaries]))
 
 
 def collect_facts(store: Store, team: TeamConfig, now: float | None = None) -> DigestFacts:
@@ -140,7 +141,7 @@ def collect_facts(store: Store, team: TeamConfig, now: float | None = None) -> D
     # The newest step any digest reported: a digest with no new steps stores none, and must not reset the window.
     after_step = store.scalar("SELECT COALESCE(MAX(last_step), 0) FROM digests") or 0
     rows = store.query("SELECT * FROM steps WHERE step > ? ORDER BY step", (after_step,))
-    summaries = [json.loads(r["summary"]) for r in rows]
+    summaries = [StepSummary.from_json(r["summary"]) for r in rows]
     run_last = store.get(RUN_LAST_STEP_KEY)
     facts = DigestFacts(
         team=team.name, goal=team.goal,
@@ -155,7 +156,7 @@ def collect_facts(store: Store, team: TeamConfig, now: float | None = None) -> D
     if rows:
         facts.solve_rate_change, facts.change_basis = _solve_change(store, after_step, rows, summaries)
         facts.seconds_per_step = _mean([r["finished_at"] - r["started_at"] for r in rows])
-        facts.tokens_per_second = _mean([s.get("tokens_per_second") for s in summaries])
+        facts.tokens_per_second = _mean([s.tokens_per_second for s in summaries])
         facts.rejections = _rejections(store, after_step, summaries)
         facts.examples = _examples(store, after_step)
     facts.evaluation = held_out_scores(store)
@@ -171,24 +172,25 @@ def _step_range(first: int, last: int) -> str:
     return f"step {first}" if first == last else f"steps {first}-{last}"
 
 
-def _solve_change(store: Store, after_step: int, rows: list, summaries: list[dict]) -> tuple[dict[str, float], str]:
+def _solve_change(store: Store, after_step: int, rows: list, summaries: list[StepSummary],
+                  ) -> tuple[dict[str, float], str]:
     """Solve rate change per task type and what it is measured against: the same number of steps before this
     window; in a run's first window, its first step against its last."""
     before = store.query("SELECT step, summary FROM steps WHERE step <= ? ORDER BY step DESC LIMIT ?",
                          (after_step, len(rows)))
     if before:
-        old = _window_means([json.loads(r["summary"]) for r in before])[0]
+        old = _window_means([StepSummary.from_json(r["summary"]) for r in before])[0]
         new = _window_means(summaries)[0]
         return ({t: new[t] - old[t] for t in new if t in old},
                 f"against {_step_range(before[-1]['step'], before[0]['step'])}")
     if len(rows) < 2:
         return {}, ""  # a run's first step: nothing to compare with
-    first, last = (summaries[0].get("solve_rates") or {}), (summaries[-1].get("solve_rates") or {})
+    first, last = summaries[0].solve_rates, summaries[-1].solve_rates
     change = {t: last[t] - first[t] for t in last if last[t] is not None and first.get(t) is not None}
     return change, f"from step {rows[0]['step']} to step {rows[-1]['step']}"
 
 
-def _rejections(store: Store, after_step: int, summaries: list[dict]) -> list[tuple[str, int]]:
+def _rejections(store: Store, after_step: int, summaries: list[StepSummary]) -> list[tuple[str, int]]:
     rows = store.query(
         "SELECT reason, COUNT(*) AS n FROM tasks WHERE step > ? AND status != 'admitted' AND reason IS NOT NULL "
         "GROUP BY reason ORDER BY n DESC, reason LIMIT 5", (after_step,))
@@ -196,7 +198,7 @@ def _rejections(store: Store, after_step: int, summaries: list[dict]) -> list[tu
         return [(r["reason"], r["n"]) for r in rows]
     counts: Counter[str] = Counter()
     for s in summaries:
-        counts.update(s.get("rejections") or {})
+        counts.update(s.rejections)
     return counts.most_common(5)
 
 

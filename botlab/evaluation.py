@@ -198,10 +198,7 @@ def record(store: Store, result: EvalResult, step: int | None = None) -> None:
     kv last_eval (the newest result per suite) for status and digests."""
     step = store.last_step() if step is None else step
     now = time.time()
-    with store.transaction() as db:
-        for name, value in ((f"eval/{result.suite}", result.score), (f"eval_ci95/{result.suite}", result.ci95)):
-            db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
-                       (step, name, value, now))
+    store.record_metrics(step, {f"eval/{result.suite}": result.score, f"eval_ci95/{result.suite}": result.ci95}, now)
     last = store.get(LAST_EVAL_KEY)
     last = last if isinstance(last, dict) and "suite" not in last else {}  # older runs kept one flat result
     store.put(LAST_EVAL_KEY, last | {result.suite: result.as_dict() | {"step": step, "at": now}})

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from botlab.selfplay.summary import StepSummary
+
 log = logging.getLogger("botlab.run")
 
 
@@ -32,14 +34,13 @@ class RunProgress:
         log.info(message)
         self.console.print(message, highlight=False, markup=False)
 
-    def step_done(self, step: int, total: int | None, summary: dict, timings: dict) -> None:
-        solve = " ".join(f"{t[:3]} {v:.2f}" for t, v in sorted(summary.get("solve_rates", {}).items())
-                         if v is not None)
-        tps = summary.get("tokens_per_second")
+    def step_done(self, step: int, total: int | None, summary: StepSummary, timings: dict) -> None:
+        solve = " ".join(f"{t[:3]} {v:.2f}" for t, v in sorted(summary.solve_rates.items()) if v is not None)
+        tps = summary.tokens_per_second
         phases = " ".join(f"{k} {v:.1f}s" for k, v in timings.items())
         of = f"/{total}" if total else ""
         self.note(
-            f"step {step}{of}: valid {summary.get('valid_rate', 0):.2f}, admitted {summary.get('admitted_rate', 0):.2f}, "
+            f"step {step}{of}: valid {summary.valid_rate or 0:.2f}, admitted {summary.admitted_rate or 0:.2f}, "
             f"solve [{solve or '-'}], {tps or 0:.0f} tok/s | {phases}"
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from botlab.digest import held_out_scores
 from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, LAST_EVAL_KEY, NEXT_DIGEST_KEY, PHASE_KEY
 from botlab.rundir import RESUME_KEY, STARTED_AT_KEY, STORE_NAME, daemon_alive
 from botlab.selfplay import heldout
+from botlab.selfplay.summary import StepSummary
 from botlab.store import Store, open_store
 
 RECENT_FEEDBACK = 5
@@ -35,7 +35,7 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
     else:
         state = "crashed" if recorded in ("running", "paused") else recorded
     last = store.query("SELECT * FROM steps ORDER BY step DESC LIMIT 1")
-    summary = json.loads(last[0]["summary"]) if last else {}
+    summary = StepSummary.from_json(last[0]["summary"]) if last else StepSummary()
     started = store.get(STARTED_AT_KEY)
     errors = store.scalar(
         "SELECT COUNT(*) FROM events WHERE level = 'error' AND at >= ?", (started or 0,)
@@ -51,10 +51,10 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
         "phase": store.get(PHASE_KEY) if alive else None,
         "last_step_at": last[0]["finished_at"] if last else None,
         "seconds_per_step": _seconds_per_step(store),
-        "tokens_per_second": summary.get("tokens_per_second"),
-        "rewards": summary.get("rewards", {}),
-        "solve_rates": summary.get("solve_rates", {}),
-        "valid_rate": summary.get("valid_rate"),
+        "tokens_per_second": summary.tokens_per_second,
+        "rewards": summary.rewards,
+        "solve_rates": summary.solve_rates,
+        "valid_rate": summary.valid_rate,
         "buffer_sizes": buffers,
         "heldout_sizes": heldout.counts(store),
         "last_digest": dict(last_digest[0]) if last_digest else None,

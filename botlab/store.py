@@ -211,6 +211,13 @@ class Store:
                 (key, json.dumps(value)),
             )
 
+    def record_metrics(self, step: int, values: dict[str, float], at: float | None = None) -> None:
+        """A step's metrics; a name recorded again for the same step replaces its value."""
+        at = time.time() if at is None else at
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
+                           [(step, name, float(value), at) for name, value in values.items()])
+
     def log_event(self, kind: str, message: str, level: str = "info") -> None:
         with self.transaction() as db:
             db.execute(

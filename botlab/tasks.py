@@ -28,5 +28,12 @@ class Triplet:
     extra: dict = field(default_factory=dict)
 
 
-def zero_triplet(task_type: TaskType) -> Triplet:
+# Induction shows several inputs (selfplay.induction_inputs of these) and a message; their outputs come from the sandbox.
+ZERO_INDUCTION_INPUTS = ["'Hello world'", "[1, 2]", "7", "'abc'", "(3, 'x')", "{'k': 1}", "-2", "''", "[[0]]", "True"]
+ZERO_INDUCTION_MESSAGE = "The function gives back exactly what it receives."
+
+
+def zero_triplet(task_type: TaskType, induction_inputs: int = len(ZERO_INDUCTION_INPUTS)) -> Triplet:
+    if task_type == "induction":
+        return Triplet(ZERO_PROGRAM, ZERO_INDUCTION_INPUTS[:induction_inputs], [], ZERO_INDUCTION_MESSAGE, task_type)
     return Triplet(ZERO_PROGRAM, [ZERO_INPUT], [ZERO_OUTPUT], task_type=task_type)

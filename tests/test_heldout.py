@@ -8,7 +8,9 @@ from botlab.config import TeamConfig
 from botlab.curriculum import Curriculum
 from botlab.engines import Completion
 from botlab.selfplay import heldout
-from botlab.selfplay.step import Proposal, Sample, SelfPlay, StepReport
+from botlab.selfplay.generation import Sample
+from botlab.selfplay.step import Proposal, SelfPlay, StepReport
+from botlab.selfplay.summary import StepSummary
 from botlab.store import open_store
 from botlab.tasks import Triplet
 from tests.fixtures.runs import check_heldout_unseen
@@ -51,7 +53,7 @@ def test_split_tasks_never_reach_buffers_samples_or_prompts(tmp_path, sandbox, t
         assert [(p.admitted, p.heldout) for p in proposals] == [(False, True)] * 2 + [(True, False)] * 2
         for p in proposals:
             p.sample.reward = selfplay_reward()
-        report = StepReport(1, summary={"proposals": 4, "heldout": 2, "solved": 0}, proposals=proposals)
+        report = StepReport(1, summary=StepSummary(proposals=4, heldout=2, solved=0), proposals=proposals)
         selfplay.commit(report, 0.0)
 
         assert heldout.counts(store) == {"deduction": 2}

@@ -26,8 +26,8 @@ def test_induction_proposal_parts_are_opened_by_the_loop(selfplay):
     program = Triplet("def f(n):\n    return n + 1", ["1"], ["2"], task_type="induction")
     parts = selfplay.proposer.primed("induction")
     messages = selfplay.proposer.messages("induction", [program])
-    samples = [group[0] for group in selfplay._generate("proposer", [("induction", messages, parts)] * 4,
-                                                          selfplay.team.roles.proposer, n=1)]
+    samples = [group[0] for group in selfplay.generator.generate("proposer", [("induction", messages, parts)] * 4,
+                                                                 selfplay.team.roles.proposer, n=1)]
     tokenizer = selfplay.engine.tokenizer
     continued = [s for s in samples if s.train_mask]
     assert continued, "no reply reached its first stop string; the later parts were never opened"
@@ -46,7 +46,7 @@ def test_induction_proposal_parts_are_opened_by_the_loop(selfplay):
 def test_primed_solver_answers_are_parsed_and_checked(selfplay, sandbox):
     [checked] = sandbox.validate_many([("def f(n):\n    return n + 1", ["3"])])
     task = Triplet("def f(n):\n    return n + 1", ["3"], checked.outputs, task_type="deduction")
-    [group] = selfplay._generate("solver", [selfplay._solver_prompt(task)], selfplay.team.roles.solver, n=8)
+    [group] = selfplay.generator.generate("solver", [selfplay._solver_prompt(task)], selfplay.team.roles.solver, n=8)
     for s in group:
         s.task = task
         assert s.text.startswith("```python\nassert f(3) == ")

@@ -1,32 +1,40 @@
-"""One Absolute-Zero self-play step: propose, validate, review, learnability, solve, learn, commit.
+"""One Absolute-Zero self-play step: propose, validate, review, learnability, solve, learn, then save and commit.
 
-The phases read top to bottom in `SelfPlay.run_step`. Model-written code never runs here: it goes to the sandbox.
+The phases read top to bottom in `SelfPlay.run_step`; `save_state` and `commit` make the step durable. Model-written
+code never runs here: it goes to the sandbox. How replies are generated is in generation.py, what a step reports
+in summary.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
 
-from botlab.agents.priming import Segment
 from botlab.agents.proposer import Proposer
 from botlab.agents.reviewer import Reviewer, fingerprint
 from botlab.agents.solver import Solver
 from botlab.config import TeamConfig, TaskType
 from botlab.curriculum import Curriculum, load_curriculum
-from botlab.engines import Completion, Engine, Sampling
+from botlab.engines import Engine
+from botlab.rundir import RESUME_KEY
 from botlab.sandbox import Executor
 from botlab.selfplay.buffers import Buffers, insert_task
 from botlab.selfplay import heldout
 from botlab.selfplay.checking import check_answers
+from botlab.selfplay.checkpoints import prune_resume_states, save_checkpoint, save_resume_state
+from botlab.selfplay.generation import Generator, Prompt, Sample
 from botlab.selfplay.learner import Learner, Rollout
-from botlab.selfplay.rewards import Reward, proposer_reward, solver_reward
+from botlab.selfplay.records import insert_sample, store_proposal
+from botlab.selfplay.rewards import proposer_reward, solver_reward
+from botlab.selfplay.summary import StepSummary, summarise
 from botlab.selfplay.trr import trr_advantages
 from botlab.store import Store
 from botlab.tasks import Triplet, zero_triplet
@@ -34,31 +42,6 @@ from botlab.tasks import Triplet, zero_triplet
 log = logging.getLogger(__name__)
 
 PhaseCallback = Callable[[str], None]
-# A generation request: the task type, the chat messages, and the primed reply's parts ([] when not primed).
-Prompt = tuple[TaskType, list[dict], list[Segment]]
-
-
-@dataclass
-class Sample:
-    """A generated turn with its reward: what gets trained and stored."""
-
-    role: str
-    task_type: TaskType
-    prompt_ids: list[int]
-    prompt_text: str
-    completion: Completion
-    temperature: float
-    reward: Reward | None = None
-    task: Triplet | None = None
-    answer: object = None  # the solver's parsed answer, once checked
-    prefix: str = ""  # the primed opening of the reply (part of the prompt, not of the sampled tokens)
-    train_mask: list[float] | None = None  # 0 on completion tokens the loop inserted
-    suffix: str = ""  # the closing of the reply's last part, when the model reached its stop string
-
-    @property
-    def text(self) -> str:
-        """The reply as the role's parser reads it."""
-        return self.prefix + self.completion.text + self.suffix
 
 
 @dataclass
@@ -77,10 +60,12 @@ class Proposal:
 class StepReport:
     step: int
     timings: dict[str, float] = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
+    summary: StepSummary = field(default_factory=StepSummary)
     metrics: dict[str, float] = field(default_factory=dict)
     proposals: list[Proposal] = field(default_factory=list)  # what commit() writes
     solutions: list[Sample] = field(default_factory=list)
+    resume_state: Path | None = None  # written by save_state(), named by commit()
+    checkpoint: Path | None = None
 
 
 class SelfPlay:
@@ -96,7 +81,7 @@ class SelfPlay:
         self.proposer = Proposer(team.selfplay, team.goal)
         self.solver = Solver(team.selfplay)
         self.reviewer = Reviewer(team.roles.reviewer, executor, team.goal, model=reviewer_model)
-        self.generated_tokens = 0
+        self.generator = Generator(engine)
 
     # --- seeding ----------------------------------------------------------------------------------------------------
 
@@ -106,11 +91,7 @@ class SelfPlay:
             return
         with self.store.transaction() as db:
             for task_type in self.cfg.task_types:
-                triplet = zero_triplet(task_type)
-                if task_type == "induction":
-                    triplet.inputs = ["'Hello world'", "[1, 2]", "7", "'abc'", "(3, 'x')", "{'k': 1}",
-                                      "-2", "''", "[[0]]", "True"][: self.cfg.induction_inputs]
-                    triplet.message = "The function gives back exactly what it receives."
+                triplet = zero_triplet(task_type, self.cfg.induction_inputs)
                 [check] = self.executor.validate_many([(triplet.program, triplet.inputs)])
                 if not check.valid:
                     raise RuntimeError(f"the sandbox rejected the zero triplet: {check.reason} {check.detail}")
@@ -133,7 +114,7 @@ class SelfPlay:
         self._review(proposals, curriculum)
         with self.store.transaction() as db:
             for p in proposals:
-                self._store_proposal(db, -1, p)
+                store_proposal(db, self.buffers, -1, p)
         return self.buffers.sizes(), Counter("heldout" if p.heldout else p.reason or "admitted" for p in proposals)
 
     # --- the step ---------------------------------------------------------------------------------------------------
@@ -142,8 +123,8 @@ class SelfPlay:
         report = StepReport(step)
         rng = random.Random(f"{self.team.train.seed}-{step}")
         curriculum = load_curriculum(self.store)
-        start_tokens = self.generated_tokens
-        clock = _PhaseClock(report.timings, on_phase)
+        start_tokens = self.generator.generated_tokens
+        clock = partial(_timed, report.timings, on_phase)
 
         # Solver tasks come from the buffers as they were before this step's proposals (as in AZR).
         solve_tasks = {t: self.buffers.solver_batch(t, self._share(t, self.cfg.solve_batch, curriculum), rng)
@@ -175,40 +156,48 @@ class SelfPlay:
                 self.engine.wake_up()
                 self.engine.load_weights(self.learner.named_weights())
 
-        report.summary, report.metrics = self._summarise(proposals, solutions, train_stats, report.timings,
-                                                         self.generated_tokens - start_tokens)
+        report.summary, report.metrics = summarise(
+            proposals, solutions, train_stats, report.timings, self.generator.generated_tokens - start_tokens,
+            self.buffers.sizes(), heldout.counts(self.store))
         report.proposals, report.solutions = proposals, solutions
         return report
 
-    def commit(self, report: StepReport, started_at: float, extra_writes: Callable | None = None) -> None:
+    def save_state(self, report: StepReport, started_at: float, last: bool) -> None:
+        """Before the commit: the learner's resume state (on disk, fsynced), and a Hugging Face checkpoint every
+        schedules.checkpoint_every_steps and at the run's `last` step."""
+        run_dir, schedules = self.team.run_dir, self.team.schedules
+        report.resume_state = save_resume_state(run_dir, report.step, self.learner)
+        if report.step % schedules.checkpoint_every_steps == 0 or last:
+            report.checkpoint = save_checkpoint(run_dir, report.step, self.learner, self.engine.tokenizer,
+                                                report.resume_state, schedules.keep_checkpoints)
+            report.timings["checkpoint"] = time.time() - started_at - sum(report.timings.values())
+
+    def commit(self, report: StepReport, started_at: float) -> None:
         """Write the whole step in one transaction: tasks, buffers, samples (dropping those older than
-        schedules.keep_samples_steps), metrics and the step row."""
+        schedules.keep_samples_steps), metrics, the step row with its checkpoint, and the resume state that
+        save_state wrote (if it ran); older resume states go once the commit names the new one."""
         proposals, solutions = report.proposals, report.solutions
         now = time.time()
+        checkpoint = self.store.relative(report.checkpoint) if report.checkpoint else None
         with self.store.transaction() as db:
             for p in proposals:
-                self._store_proposal(db, report.step, p)
+                store_proposal(db, self.buffers, report.step, p)
             for s in [p.sample for p in proposals if not p.heldout] + solutions:
-                db.execute(
-                    "INSERT INTO samples(step, role, task_type, task_id, prompt, completion, reward, parts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (report.step, s.role, s.task_type, s.task.id if s.task else None, s.prompt_text[-4000:],
-                     s.text, s.reward.value, json.dumps(s.reward.parts, default=str)),
-                )
-            for name, value in report.metrics.items():
-                db.execute("INSERT OR REPLACE INTO metrics(step, name, value, at) VALUES (?, ?, ?, ?)",
-                           (report.step, name, float(value), now))
+                insert_sample(db, report.step, s)
+            self.store.record_metrics(report.step, report.metrics, now)
             db.execute(
-                "INSERT INTO steps(step, started_at, finished_at, weight_version, timings, summary) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO steps(step, started_at, finished_at, weight_version, timings, summary, checkpoint) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (report.step, started_at, now, self.engine.weight_version, json.dumps(report.timings),
-                 json.dumps(report.summary)),
+                 report.summary.to_json(), checkpoint),
             )
             keep = self.team.schedules.keep_samples_steps
             if keep:
                 db.execute("DELETE FROM samples WHERE step <= ?", (report.step - keep,))
-            if extra_writes is not None:
-                extra_writes(db)
+            if report.resume_state is not None:
+                self.store.put(RESUME_KEY, self.store.relative(report.resume_state))
+        if report.resume_state is not None:
+            prune_resume_states(self.team.run_dir, keep=report.resume_state)
 
     # --- phases -----------------------------------------------------------------------------------------------------
 
@@ -247,7 +236,7 @@ class SelfPlay:
                 parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
                 prompts.append((task_type, messages, parts))
                 programs.append(program)
-        samples = self._generate("proposer", prompts, role_cfg, n=1)
+        samples = self.generator.generate("proposer", prompts, role_cfg, n=1)
         proposals = []
         for (task_type, _, _), program, [sample] in zip(prompts, programs, samples):
             parsed = self.proposer.parse(task_type, sample.text, program=program and program.program)
@@ -310,7 +299,7 @@ class SelfPlay:
             return
         n = self.cfg.learnability_rollouts
         prompts = [self._solver_prompt(p.triplet) for p in admitted]
-        groups = self._generate("solver", prompts, self.team.roles.solver, n=n)
+        groups = self.generator.generate("solver", prompts, self.team.roles.solver, n=n)
         for p, group in zip(admitted, groups):
             for s in group:
                 s.task = p.triplet
@@ -323,7 +312,7 @@ class SelfPlay:
             for task in batch:
                 prompts.append(self._solver_prompt(task))
                 owners.append(task)
-        groups = self._generate("solver", prompts, self.team.roles.solver, n=self.cfg.solver_samples)
+        groups = self.generator.generate("solver", prompts, self.team.roles.solver, n=self.cfg.solver_samples)
         samples = []
         for group, task in zip(groups, owners):
             for sample in group:
@@ -368,147 +357,13 @@ class SelfPlay:
         parts = self.solver.primed(task.task_type, task) if primed else []
         return task.task_type, self.solver.messages(task.task_type, task), parts
 
-    def _generate(self, role: str, prompts: list[Prompt], role_cfg, n: int) -> list[list[Sample]]:
-        """Batched engine calls, one per reply part. A primed reply (agents/priming.py) starts inside its first
-        block; the loop opens each later part once the model closed the one before."""
-        if not prompts:
-            return []
-        ids, samplings = [], []
-        for _, messages, parts in prompts:
-            opening = self._encode(parts[0].opening) if parts else []
-            ids.append(self.engine.chat_prompt_ids(messages) + opening)
-            samplings.append(Sampling(n=n, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
-                                      max_tokens=_budget(parts[0] if parts else None, role_cfg),
-                                      stop=[parts[0].stop] if parts else []))
-        outputs = self.engine.generate(ids, samplings)
-        groups = []
-        for (task_type, messages, parts), prompt_ids, completions in zip(prompts, ids, outputs):
-            self.generated_tokens += sum(len(c.token_ids) for c in completions)
-            closed = parts[0].parsed_closing if parts else ""
-            groups.append([
-                Sample(role, task_type, prompt_ids, messages[-1]["content"], c, role_cfg.temperature,
-                       prefix=parts[0].opening if parts else "",
-                       suffix=closed if self.engine.stopped_at_string(c) else "")
-                for c in completions
-            ])
-        for k in range(1, max(len(parts) for _, _, parts in prompts)):
-            # A non-empty suffix says the previous part reached its stop string; the others stay as they ended.
-            todo = [(s, parts[k]) for (_, _, parts), group in zip(prompts, groups) if len(parts) > k
-                    for s in group if s.suffix]
-            self._continue(todo, role_cfg)
-        return groups
 
-    def _continue(self, todo: list[tuple[Sample, Segment]], role_cfg) -> None:
-        """Open the next part of each reply and let the model write it.
-
-        The opening's tokens are part of the trained sequence with a zero mask: the policy is trained on what it
-        sampled, never on what the loop wrote for it.
-        """
-        if not todo:
-            return
-        ids, samplings, openings = [], [], []
-        for s, part in todo:
-            openings.append(self._encode(part.opening))
-            ids.append(s.prompt_ids + s.completion.token_ids + openings[-1])
-            samplings.append(Sampling(n=1, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
-                                      max_tokens=_budget(part, role_cfg), stop=[part.stop]))
-        outputs = self.engine.generate(ids, samplings)
-        for (s, part), opening, [tail] in zip(todo, openings, outputs):
-            head = s.completion
-            self.generated_tokens += len(tail.token_ids)
-            s.completion = Completion(
-                text=head.text + s.suffix + part.opening + tail.text,
-                token_ids=head.token_ids + opening + tail.token_ids,
-                logprobs=head.logprobs + [0.0] * len(opening) + tail.logprobs,
-                finish_reason=tail.finish_reason,
-            )
-            mask = s.train_mask or [1.0] * len(head.token_ids)
-            s.train_mask = mask + [0.0] * len(opening) + [1.0] * len(tail.token_ids)
-            s.suffix = part.parsed_closing if self.engine.stopped_at_string(tail) else ""
-
-    def _encode(self, text: str) -> list[int]:
-        return self.engine.tokenizer.encode(text, add_special_tokens=False)
-
-    def _store_proposal(self, db, step: int, p: Proposal) -> None:
-        if p.triplet is None:
-            p.sample.task = None
-            return
-        status = "admitted" if p.admitted else heldout.STATUS if p.heldout else "rejected" if p.valid else "invalid"
-        learn = None if p.solve_rate is None else 1.0 - p.solve_rate
-        task_id = insert_task(db, step, p.triplet, status, p.reason, learn, fingerprint(p.triplet.program))
-        p.triplet.id = task_id
-        p.sample.task = p.triplet
-        if p.admitted:
-            self.buffers.add(db, p.triplet.task_type, task_id, step)
-
-    def _summarise(self, proposals: list[Proposal], solutions: list[Sample], train_stats: dict,
-                   timings: dict[str, float], tokens: int) -> tuple[dict, dict[str, float]]:
-        types = sorted({p.sample.task_type for p in proposals} | {s.task_type for s in solutions})
-        rewards, solve_rates, metrics = {}, {}, {}
-        for t in types:
-            prop = [p.sample.reward.value for p in proposals if p.sample.task_type == t and not p.heldout]
-            sol = [s for s in solutions if s.task_type == t]
-            rewards[t] = {"proposer": _mean(prop), "solver": _mean([s.reward.value for s in sol])}
-            solve_rates[t] = _mean([1.0 if s.reward.parts.get("correct") else 0.0 for s in sol])
-            for role, value in rewards[t].items():
-                if value is not None:
-                    metrics[f"reward/{role}/{t}"] = value
-            if solve_rates[t] is not None:
-                metrics[f"solve_rate/{t}"] = solve_rates[t]
-            metrics[f"buffer_size/{t}"] = self.buffers.size(t)
-        for t, n in heldout.counts(self.store).items():
-            metrics[f"heldout_size/{t}"] = n
-        n = len(proposals) or 1
-        valid_rate = sum(p.valid for p in proposals) / n
-        admitted_rate = sum(p.admitted for p in proposals) / n
-        format_rate = {
-            "proposer": sum(p.parse_ok for p in proposals) / n,
-            "solver": _mean([1.0 if s.reward.parts.get("parsed") else 0.0 for s in solutions]),
-        }
-        rejections = Counter(p.reason for p in proposals if p.reason and not p.admitted)
-        seconds = sum(timings.get(k, 0.0) for k in ("propose", "learnability", "solve"))
-        tps = tokens / seconds if seconds > 0 else None
-        metrics |= {"valid_rate": valid_rate, "admitted_rate": admitted_rate, "generated_tokens": tokens,
-                    "format_rate/proposer": format_rate["proposer"]}
-        if format_rate["solver"] is not None:
-            metrics["format_rate/solver"] = format_rate["solver"]
-        if tps:
-            metrics["tokens_per_second"] = tps
-        metrics |= {f"train/{k}": v for k, v in train_stats.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        metrics |= {f"time/{k}": v for k, v in timings.items()}
-        summary = {
-            "rewards": rewards, "solve_rates": solve_rates, "valid_rate": valid_rate, "admitted_rate": admitted_rate,
-            "format_rate": format_rate, "rejections": dict(rejections.most_common(10)), "tokens_per_second": tps,
-            "proposals": len(proposals), "heldout": sum(p.heldout for p in proposals), "solved": len(solutions),
-        }
-        return summary, metrics
-
-
-def _budget(part: Segment | None, role_cfg) -> int:
-    """A part's token budget: its own limit when it has one, never more than the role's max_new_tokens."""
-    if part is None or part.max_tokens is None:
-        return role_cfg.max_new_tokens
-    return min(part.max_tokens, role_cfg.max_new_tokens)
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-class _PhaseClock:
-    """`with clock("propose"):` times a phase and announces it."""
-
-    def __init__(self, timings: dict[str, float], on_phase: PhaseCallback):
-        self.timings = timings
-        self.on_phase = on_phase
-
-    def __call__(self, phase: str) -> "_PhaseClock":
-        self.phase = phase
-        return self
-
-    def __enter__(self) -> None:
-        self.on_phase(self.phase)
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.timings[self.phase] = time.perf_counter() - self.started
+@contextmanager
+def _timed(timings: dict[str, float], on_phase: PhaseCallback, phase: str) -> Iterator[None]:
+    """`with clock("propose"):` announces a phase and times it."""
+    on_phase(phase)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = time.perf_counter() - started

@@ -1,0 +1,113 @@
+"""How the self-play step gets replies from the engine: batched calls, and primed replies written part by part.
+
+A primed reply (agents/priming.py) starts inside its first block; the loop opens each later part once the model
+closed the one before. The openings the loop writes are part of the trained sequence with a zero mask: the policy is
+trained on what it sampled, never on what the loop wrote for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from botlab.agents.priming import Segment
+from botlab.config import SamplingConfig, TaskType
+from botlab.engines import Completion, Engine, Sampling
+from botlab.selfplay.rewards import Reward
+from botlab.tasks import Triplet
+
+# A generation request: the task type, the chat messages, and the primed reply's parts ([] when not primed).
+Prompt = tuple[TaskType, list[dict], list[Segment]]
+
+
+@dataclass
+class Sample:
+    """A generated turn with its reward: what gets trained and stored."""
+
+    role: str
+    task_type: TaskType
+    prompt_ids: list[int]
+    prompt_text: str
+    completion: Completion
+    temperature: float
+    reward: Reward | None = None
+    task: Triplet | None = None
+    answer: object = None  # the solver's parsed answer, once checked
+    prefix: str = ""  # the primed opening of the reply (part of the prompt, not of the sampled tokens)
+    train_mask: list[float] | None = None  # 0 on completion tokens the loop inserted
+    suffix: str = ""  # the closing of the reply's last part, when the model reached its stop string
+
+    @property
+    def text(self) -> str:
+        """The reply as the role's parser reads it."""
+        return self.prefix + self.completion.text + self.suffix
+
+
+class Generator:
+    """Batched engine calls, one per reply part; counts the tokens the model generated."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.generated_tokens = 0
+
+    def generate(self, role: str, prompts: list[Prompt], role_cfg: SamplingConfig, n: int) -> list[list[Sample]]:
+        """`n` samples per prompt, in the order of `prompts`."""
+        if not prompts:
+            return []
+        ids, samplings = [], []
+        for _, messages, parts in prompts:
+            opening = self._encode(parts[0].opening) if parts else []
+            ids.append(self.engine.chat_prompt_ids(messages) + opening)
+            samplings.append(Sampling(n=n, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
+                                      max_tokens=_budget(parts[0] if parts else None, role_cfg),
+                                      stop=[parts[0].stop] if parts else []))
+        outputs = self.engine.generate(ids, samplings)
+        groups = []
+        for (task_type, messages, parts), prompt_ids, completions in zip(prompts, ids, outputs):
+            self.generated_tokens += sum(len(c.token_ids) for c in completions)
+            closed = parts[0].parsed_closing if parts else ""
+            groups.append([
+                Sample(role, task_type, prompt_ids, messages[-1]["content"], c, role_cfg.temperature,
+                       prefix=parts[0].opening if parts else "",
+                       suffix=closed if self.engine.stopped_at_string(c) else "")
+                for c in completions
+            ])
+        for k in range(1, max(len(parts) for _, _, parts in prompts)):
+            # A non-empty suffix says the previous part reached its stop string; the others stay as they ended.
+            todo = [(s, parts[k]) for (_, _, parts), group in zip(prompts, groups) if len(parts) > k
+                    for s in group if s.suffix]
+            self._continue(todo, role_cfg)
+        return groups
+
+    def _continue(self, todo: list[tuple[Sample, Segment]], role_cfg: SamplingConfig) -> None:
+        """Open the next part of each reply (its tokens get mask 0) and let the model write it."""
+        if not todo:
+            return
+        ids, samplings, openings = [], [], []
+        for s, part in todo:
+            openings.append(self._encode(part.opening))
+            ids.append(s.prompt_ids + s.completion.token_ids + openings[-1])
+            samplings.append(Sampling(n=1, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
+                                      max_tokens=_budget(part, role_cfg), stop=[part.stop]))
+        outputs = self.engine.generate(ids, samplings)
+        for (s, part), opening, [tail] in zip(todo, openings, outputs):
+            head = s.completion
+            self.generated_tokens += len(tail.token_ids)
+            s.completion = Completion(
+                text=head.text + s.suffix + part.opening + tail.text,
+                token_ids=head.token_ids + opening + tail.token_ids,
+                logprobs=head.logprobs + [0.0] * len(opening) + tail.logprobs,
+                finish_reason=tail.finish_reason,
+            )
+            mask = s.train_mask or [1.0] * len(head.token_ids)
+            s.train_mask = mask + [0.0] * len(opening) + [1.0] * len(tail.token_ids)
+            s.suffix = part.parsed_closing if self.engine.stopped_at_string(tail) else ""
+
+    def _encode(self, text: str) -> list[int]:
+        return self.engine.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _budget(part: Segment | None, role_cfg: SamplingConfig) -> int:
+    """A part's token budget: its own limit when it has one, never more than the role's max_new_tokens."""
+    if part is None or part.max_tokens is None:
+        return role_cfg.max_new_tokens
+    return min(part.max_tokens, role_cfg.max_new_tokens)
