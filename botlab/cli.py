@@ -178,6 +178,9 @@ def _print_status(info: dict) -> None:
         table.add_row("next digest", when(info["next_digest_at"]))
         table.add_row("pending feedback", str(info["pending_feedback"]))
         table.add_row("unsent messages", str(info["unsent_messages"]))
+        for entry in info["nostr_dm_relays"].values():
+            table.add_row("nostr DMs", f"to {_clip(entry['npub'], 20)}: " + (
+                ", ".join(entry["relays"]) or "none sent, no DM relay list (kind 10050) published"))
         table.add_row("held-out split", per_type(info["heldout_sizes"]))
         table.add_row("held-out scores", "\n".join(f"{suite} {eval_text(e)}" for suite, e in info["held_out"].items())
                       or "-")

@@ -465,6 +465,20 @@ class EmailNotifier(Strict):
         return self
 
 
+class NostrAsk(Strict):
+    enabled: bool = Field(
+        False, description="allowed pubkeys may DM `/ask <question>`; the team's current model answers by DM, at the "
+        "daemon's next pause between phases"
+    )
+    per_hour: int = Field(5, ge=1, le=120, description="questions answered per sender in any hour; more are refused "
+                          "with the time to ask again")
+    max_tokens: int = Field(256, ge=16, le=2048, description="the longest answer, in tokens")
+    job_requests: bool = Field(
+        False, description="also answer NIP-90 kind-5050 text-generation job requests that allowed pubkeys address to "
+        "the team (a public kind-6050 result; NIP-90 is marked unrecommended, so it is a second opt-in)"
+    )
+
+
 class NostrNotifier(Strict):
     enabled: bool = Field(True, description="false keeps the section but sends and reads no DMs")
     nsec_env: EnvName = Field(description="env var holding the team's nsec key")
@@ -477,6 +491,12 @@ class NostrNotifier(Strict):
     )
     public_notes: bool = Field(False, description="also publish a short public kind-1 progress note")
     reconnect_s: float = Field(10, ge=5, description="seconds between reconnection attempts to a lost relay (min 5)")
+    send_without_dm_relays: bool = Field(
+        False, description="DMs go to each recipient's kind-10050 DM relays (NIP-17); for a recipient who publishes "
+        "none, true sends to `relays` instead, false holds the DM (NIP-17 says not to send) and says so in the log "
+        "and `botlab status`"
+    )
+    ask: NostrAsk = Field(default_factory=NostrAsk, description="the team's model answering questions over Nostr")
 
     @model_validator(mode="after")
     def _no_repeats(self) -> "NostrNotifier":

@@ -183,7 +183,7 @@ class Daemon:
                                  reviewer_model=policy_model if team.roles.reviewer.llm else None)
         self.reporter_model = policy_model
         self.reporter = Reporter(team, self.store, model=policy_model)
-        side.call(self.reporter.start(), timeout=60)
+        side.call(self.reporter.start(live=True), timeout=60)
         self.metrics = MetricsSink(team.run_dir, team.name, team.observability.wandb_project)
 
     def _policy_model(self):
@@ -324,7 +324,7 @@ class Daemon:
         self.team.roles.reporter = new.roles.reporter
         side.call(self.reporter.stop(), timeout=30)
         self.reporter = Reporter(self.team, self.store, model=self.reporter_model)
-        side.call(self.reporter.start(), timeout=60)
+        side.call(self.reporter.start(live=True), timeout=60)
         message = "reloaded schedules, notifiers and reporter from the team file"
         if ignored:
             message += f"; not reloadable while running (restart to apply): {', '.join(ignored)}"

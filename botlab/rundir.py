@@ -24,6 +24,8 @@ RESUME_KEY = "resume_state"  # the learner state of the last committed step, rel
 RUN_LAST_STEP_KEY = "run_last_step"  # the step the current `botlab run` stops after (its --steps)
 LAST_EVAL_KEY = "last_eval"  # the newest evaluation result per suite
 NEXT_DIGEST_KEY = "next_digest_at"  # when the reporter's schedule sends the next digest (notifiers/service.py)
+# {recipient hex: {"npub", "relays", "checked_at"}}: each Nostr recipient's DM relays (NIP-17 kind 10050), [] = none
+NOSTR_DM_RELAYS_KEY = "nostr/dm_relays"
 
 
 class AlreadyRunning(Exception):

@@ -10,7 +10,7 @@ from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
 from botlab.digest import held_out_scores
 from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, LAST_EVAL_KEY, NEXT_DIGEST_KEY, PHASE_KEY
-from botlab.rundir import RESUME_KEY, STARTED_AT_KEY, STORE_NAME, daemon_alive
+from botlab.rundir import NOSTR_DM_RELAYS_KEY, RESUME_KEY, STARTED_AT_KEY, STORE_NAME, daemon_alive
 from botlab.selfplay import heldout
 from botlab.selfplay.summary import StepSummary
 from botlab.store import Store, open_store
@@ -61,6 +61,7 @@ def collect(store: Store, team: TeamConfig, alive: bool) -> dict[str, Any]:
         "next_digest_at": store.get(NEXT_DIGEST_KEY),
         "pending_feedback": store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'"),
         "unsent_messages": store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"),
+        "nostr_dm_relays": store.get(NOSTR_DM_RELAYS_KEY, {}),
         "last_eval": store.get(LAST_EVAL_KEY),
         "held_out": held_out_scores(store),
         "engine": store.get(ENGINE_KEY),

@@ -2,13 +2,19 @@
 
 The same path serves email replies, Nostr DMs and `botlab feedback` (channel "cli"). Storing and applying are
 separate steps so a crash in between leaves the message pending, to be applied at the next poll.
+
+A message that starts with `/status` or `/ask` is a request, not feedback: nothing in it steers. `/status` is
+answered with the short status; `/ask QUESTION` (Nostr, opt-in) with the team's current model, rate-limited per
+sender. Both end as status 'answered', and the answer is the response.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from botlab.curriculum import (
@@ -21,9 +27,29 @@ from botlab.store import Store
 log = logging.getLogger(__name__)
 
 DIGEST_REQUESTED_KEY = "digest_requested"
+ANSWERED = "answered"  # the status of a request (/status, /ask) that got its answer
+MAX_ANSWER = 3000
+_REQUEST = re.compile(r"\s*/(status|ask)\b", re.IGNORECASE)
 
 # Reads plain words into raw directive items (a model call); raises when it cannot.
 Interpreter = Callable[[str, dict[str, Any]], list[Any]]
+
+
+@dataclass
+class Requests:
+    """How /status and /ask are answered where the messages are applied."""
+
+    status: Callable[[], str]  # the short status, read from the store
+    ask: Callable[[str], str] | None = None  # the model's answer to a question; None: no model answers here
+    why_no_ask: str = "/ask is not enabled for this team"
+    asks_per_hour: int = 5
+    ask_channels: tuple[str, ...] = ("nostr",)
+
+
+def request_kind(text: str) -> str | None:
+    """'status' or 'ask' when the message is a request, else None (feedback)."""
+    match = _REQUEST.match(text)
+    return match.group(1).lower() if match else None
 
 
 def record(store: Store, message: Incoming, now: float | None = None) -> int | None:
@@ -38,13 +64,29 @@ def record(store: Store, message: Incoming, now: float | None = None) -> int | N
         return cursor.lastrowid if cursor.rowcount else None
 
 
-def apply_pending(store: Store, interpreter: Interpreter | None = None) -> list[int]:
+def apply_pending(store: Store, interpreter: Interpreter | None = None, requests: Requests | None = None,
+                  model_free: bool = False) -> list[int]:
     """Apply every pending message in arrival order; returns their ids. A message that fails is answered with the
-    error (status 'error'), so it neither blocks the ones after it nor disappears."""
-    done = []
-    for row in store.query("SELECT id, text FROM feedback WHERE status = 'pending' ORDER BY id"):
+    error (status 'error'), so it neither blocks the ones after it nor disappears.
+
+    model_free: only what needs no model call now (the daemon's trainer may be using the engine): /status, and
+    feedback up to the first message whose words the model must read (the ones after it wait, as order matters);
+    /ask waits too."""
+    done, waiting = [], False
+    for row in store.query("SELECT id, channel, sender, received_at, text FROM feedback WHERE status = 'pending' "
+                           "ORDER BY id"):
+        kind = request_kind(row["text"])
+        if model_free and kind != "status":
+            needs_model = (kind == "ask" and requests is not None and requests.ask is not None) or (
+                kind is None and interpreter is not None and bool(parse_commands(row["text"]).plain_words))
+            waiting = waiting or (needs_model and kind is None)
+            if needs_model or (waiting and kind is None):
+                continue
         try:
-            apply_one(store, row["id"], row["text"], interpreter)
+            if kind is not None:
+                answer_request(store, row, kind, requests)
+            else:
+                apply_one(store, row["id"], row["text"], interpreter)
         except Exception as err:
             log.exception("feedback #%d could not be applied", row["id"])
             with store.transaction() as db:
@@ -88,6 +130,87 @@ def apply_one(store: Store, feedback_id: int, text: str, interpreter: Interprete
         )
     log.info("feedback #%d: %s", feedback_id, response)
     return response
+
+
+def answer_request(store: Store, row, kind: str, requests: Requests | None) -> str:
+    """Answer a /status or /ask message (a stored feedback row); nothing in it steers."""
+    if requests is None:
+        status, response = "ignored", f"/{kind} cannot be answered here"
+    elif kind == "status":
+        status, response = ANSWERED, requests.status()
+    else:
+        status, response = _ask(store, row, requests)
+    with store.transaction() as db:
+        db.execute("UPDATE feedback SET status = ?, response = ? WHERE id = ?", (status, response, row["id"]))
+    log.info("feedback #%d: /%s %s", row["id"], kind, status)
+    return response
+
+
+def _ask(store: Store, row, requests: Requests) -> tuple[str, str]:
+    question = _REQUEST.sub("", row["text"], count=1).strip()
+    if row["channel"] not in requests.ask_channels or requests.ask is None:
+        return "ignored", requests.why_no_ask
+    if not question:
+        return "ignored", "write the question after /ask, e.g. /ask what does sorted('cab') return?"
+    hour_ago = row["received_at"] - 3600
+    recent = store.query(
+        "SELECT received_at FROM feedback WHERE sender = ? AND channel = ? AND status = ? AND id != ? "
+        "AND received_at > ? AND lower(ltrim(text)) LIKE '/ask%' ORDER BY received_at",
+        (row["sender"], row["channel"], ANSWERED, row["id"], hour_ago))
+    if len(recent) >= requests.asks_per_hour:
+        again = time.strftime("%H:%M UTC", time.gmtime(recent[0]["received_at"] + 3600))
+        return "ignored", (f"not answered: at most {requests.asks_per_hour} questions an hour; ask again after "
+                           f"{again}")
+    answer = requests.ask(question).strip()
+    return ANSWERED, (answer[:MAX_ANSWER] or "the model gave an empty answer")
+
+
+def ask_model(model: Any, question: str, max_tokens: int) -> str:
+    """The model's answer to a question: one chat turn, greedy. The text is only ever sent back, never run."""
+    from smolagents import ChatMessage, MessageRole
+
+    message = ChatMessage(role=MessageRole.USER, content=[{"type": "text", "text": question[:2000]}])
+    answer = model.generate([message], max_tokens=max_tokens, temperature=0).content
+    if isinstance(answer, list):  # content parts
+        answer = " ".join(part.get("text", "") for part in answer if isinstance(part, dict))
+    return answer or ""
+
+
+def short_status(store: Store, team: Any) -> str:
+    """What `/status` answers: `botlab status` in a few lines for a phone (no links, at most ~600 characters)."""
+    from botlab.rundir import daemon_alive
+    from botlab.status import collect
+
+    info = collect(store, team, alive=daemon_alive(team.run_dir))
+    head = f"botlab {team.name}: {info['state']}, step {info['step']} of {info['total_steps']}"
+    lines = [head + (f" ({info['phase']})" if info.get("phase") else "")]
+    if info["solve_rates"]:
+        lines.append("solve " + ", ".join(f"{t} {r:.0%}" for t, r in sorted(info["solve_rates"].items())
+                                          if isinstance(r, (int, float))))
+    if info["held_out"]:
+        lines.append("held-out " + ", ".join(f"{s} {e['score']:.2f}" for s, e in info["held_out"].items()))
+    c = info["curriculum"]
+    plan = ["weights " + " ".join(f"{t} {w:g}" for t, w in c["task_weights"].items())]
+    plan += [f"difficulty {c['difficulty']:+d}"] if c["difficulty"] else []
+    plan += [f"{t} {d:+d}" for t, d in c["type_difficulty"].items() if d]
+    plan += ["focus " + ", ".join(c["focus"])] if c["focus"] else []
+    plan += [f"{len(c['reviewer_rules'])} reviewer rule(s)"] if c["reviewer_rules"] else []
+    plan += ["PAUSED (/resume)"] if c["paused"] else []
+    lines.append("; ".join(plan))
+    changed = [n for n in info["recent_feedback"] if n["status"] == "applied"]
+    if changed:
+        note = changed[-1]
+        lines.append(f"last change (#{note['id']}): {_clip(note['response'], 160)}")
+    if info["next_digest_at"]:
+        lines.append("next digest " + time.strftime("%a %H:%M UTC", time.gmtime(info["next_digest_at"])))
+    if info["unsent_messages"]:
+        lines.append(f"{info['unsent_messages']} message(s) waiting to be sent")
+    return "\n".join(lines)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_plain_words(text: str, curriculum: Curriculum, interpreter: Interpreter | None

@@ -25,7 +25,10 @@ from botlab.digest import (
 )
 from botlab.notifiers import outbox
 from botlab.notifiers.console import ConsoleChannel
-from botlab.notifiers.feedback import DIGEST_REQUESTED_KEY, apply_pending, record
+from botlab.notifiers.feedback import (
+    ANSWERED as REQUEST_ANSWERED, DIGEST_REQUESTED_KEY, Requests, apply_pending, ask_model, record, request_kind,
+    short_status,
+)
 from botlab.notifiers.mail import EmailChannel, digest_message_id
 from botlab.store import Store
 
@@ -33,7 +36,8 @@ log = logging.getLogger(__name__)
 
 DIGEST_AT_KEY, POLL_AT_KEY, NEXT_DIGEST_KEY = "schedule/digest_at", "schedule/poll_at", "next_digest_at"
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)  # long Message-IDs must not be folded
-ANSWERED = ("question", "ignored", "error")  # feedback that changed nothing is answered at once, not at the digest
+# Feedback that changed nothing is answered at once, not at the digest; so are /status and /ask.
+ANSWERED = ("question", "ignored", "error", REQUEST_ANSWERED)
 ANSWERED_UP_TO_KEY = "feedback/answered_up_to"  # feedback ids up to this one had their answers enqueued
 
 
@@ -43,11 +47,13 @@ class Reporter:
         self.team = team
         self.store = store
         self.model = make_reporter_model(team.roles.reporter, model)
+        self.policy = model  # the model being trained: it answers /ask (the daemon's only; None elsewhere)
         self.console = console
         self.dkim_dns = dkim_dns  # a DNS lookup for DKIM keys; None = real DNS (tests pass their own)
         self.channels: dict[str, Any] = {}
         self._flush_lock = asyncio.Lock()
         self._poll_lock = asyncio.Lock()
+        self._live_task: asyncio.Task | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -67,11 +73,14 @@ class Reporter:
             channels["nostr"] = NostrChannel(n.nostr, self.store)
         return channels
 
-    async def start(self, listen: bool = True) -> None:
-        """Connect the channels and start listening for replies (listen=False: send only, for the CLI)."""
+    async def start(self, listen: bool = True, live: bool = False) -> None:
+        """Connect the channels and start listening for replies (listen=False: send only, for the CLI). live: answer
+        what needs no model as it arrives, between the daemon's ticks (see `_answer_live`)."""
         self.channels = self._build_channels()
         for channel in self.channels.values():
             await channel.start(listen=listen)
+        if listen and live:
+            self._live_task = asyncio.create_task(self._answer_live(), name="botlab-live-answers")
         if self.store.get(DIGEST_AT_KEY) is None:
             self.store.put(DIGEST_AT_KEY, time.time())  # the first digest comes one interval after the first start
         if self.store.get(ANSWERED_UP_TO_KEY) is None:  # a run from before answers existed: no late answers
@@ -79,6 +88,10 @@ class Reporter:
         self._set_next_digest()
 
     async def stop(self) -> None:
+        if self._live_task is not None:
+            self._live_task.cancel()
+            await asyncio.wait({self._live_task}, timeout=5)
+            self._live_task = None
         for channel in self.channels.values():
             try:
                 await channel.stop()
@@ -212,8 +225,44 @@ class Reporter:
             return None
         return lambda text, curriculum: interpret_feedback(self.model, text, curriculum)
 
-    async def poll_feedback(self) -> list[int]:
-        """Read new replies on every channel, store them (once), apply their directives; the ids applied."""
+    def _requests(self) -> Requests:
+        """How /status and /ask are answered here."""
+        ask_cfg = self.team.notifiers.nostr.ask if self.team.notifiers.nostr is not None else None
+        requests = Requests(status=lambda: short_status(self.store, self.team))
+        if ask_cfg is None or not ask_cfg.enabled:
+            requests.why_no_ask = "/ask is off for this team (notifiers.nostr.ask.enabled)"
+        elif self.policy is None:
+            requests.why_no_ask = "/ask is answered only while the team runs (botlab run): no model is loaded now"
+        else:
+            requests.ask = lambda question: ask_model(self.policy, question, ask_cfg.max_tokens)
+            requests.asks_per_hour = ask_cfg.per_hour
+            requests.why_no_ask = "/ask is answered only by Nostr DM"
+        return requests
+
+    async def _answer_live(self) -> None:
+        """The daemon ticks between phases, and a phase can take minutes: read replies as they arrive (or every
+        feedback_poll_every) and answer at once what needs no model (/status; commands, and plain words when the
+        phrase grammar reads them). /ask and words for the model wait for the tick, when the engine is free."""
+        if not self.channels:
+            return
+        while True:
+            waits = [asyncio.create_task(channel.news.wait()) for channel in self.channels.values()]
+            try:
+                await asyncio.wait(waits, timeout=max(5.0, self.team.schedules.seconds("feedback_poll_every")),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            try:
+                await self.poll_feedback(model_free=True)
+                await self.flush_outbox()
+            except Exception as err:  # a channel or the store failed: the tick tries again too
+                log.warning("answering replies as they arrive failed: %s", err)
+                await asyncio.sleep(5)
+
+    async def poll_feedback(self, model_free: bool = False) -> list[int]:
+        """Read new replies on every channel, store them (once), apply their directives; the ids applied.
+        model_free: apply only what needs no model call now (see feedback.apply_pending)."""
         async with self._poll_lock:
             for channel in self.channels.values():
                 try:
@@ -226,7 +275,8 @@ class Reporter:
                         log.info("duplicate %s message %s ignored", message.channel, message.external_id)
                 await channel.commit_receive()
             self.store.put(POLL_AT_KEY, time.time())
-            applied = await asyncio.to_thread(apply_pending, self.store, self._interpreter())
+            applied = await asyncio.to_thread(apply_pending, self.store, self._interpreter(), self._requests(),
+                                              model_free)
             self._enqueue_answers(time.time())
             return applied
 
@@ -242,15 +292,21 @@ class Reporter:
         return applied
 
     def _last_done_feedback(self) -> int:
-        return self.store.scalar("SELECT COALESCE(MAX(id), 0) FROM feedback WHERE status != 'pending'")
+        """The highest id up to which no message is pending (a live poll may answer a /status past a waiting one)."""
+        waiting = self.store.scalar("SELECT MIN(id) FROM feedback WHERE status = 'pending'")
+        if waiting is not None:
+            return waiting - 1
+        return self.store.scalar("SELECT COALESCE(MAX(id), 0) FROM feedback")
 
     def _enqueue_answers(self, now: float) -> None:
-        """A message that changed nothing (a question, nothing understood, an error) gets its answer back on the
-        channel it came from. Enqueued with the mark of what was answered, so a crash in between loses none."""
+        """A message that changed nothing (a question, nothing understood, an error) and a request (/status, /ask)
+        get their answer back on the channel they came from. Enqueued with the mark of what was answered, so a crash
+        in between loses none; one answered past the mark is enqueued again later, which its dedupe key ignores."""
         with self.store.transaction() as db:
             done = self._last_done_feedback()
-            rows = self.store.query("SELECT * FROM feedback WHERE id > ? AND id <= ? AND status IN (?, ?, ?)",
-                                    (self.store.get(ANSWERED_UP_TO_KEY) or 0, done, *ANSWERED))
+            marks = ", ".join("?" * len(ANSWERED))
+            rows = self.store.query(f"SELECT * FROM feedback WHERE id > ? AND status IN ({marks})",
+                                    (self.store.get(ANSWERED_UP_TO_KEY) or 0, *ANSWERED))
             for row in rows:
                 answer = self._answer(row, now)
                 if answer is not None:
@@ -260,7 +316,10 @@ class Reporter:
 
     def _answer(self, row, now: float) -> tuple[str, dict] | None:
         """(recipient, payload) of the answer to a feedback row, or None where its channel has no way back."""
-        n, text = self.team.notifiers, answer_text(row["text"], row["response"])
+        n = self.team.notifiers
+        text = row["response"] if request_kind(row["text"]) else answer_text(row["text"], row["response"])
+        if row["channel"] == "nostr" and row["external_id"].startswith("job:"):  # a NIP-90 job request
+            return row["sender"], {"text": text, "job": row["external_id"][4:], "ok": row["status"] == REQUEST_ANSWERED}
         if row["channel"] == "email" and n.email is not None and n.email.enabled:
             return row["sender"], {"raw": answer_email(self.team.name, n.email.from_addr, row["sender"],
                                                         row["external_id"], text, now)}
@@ -280,7 +339,9 @@ class Reporter:
         now = time.time() if now is None else now
         schedules = self.team.schedules
         last_poll = self.store.get(POLL_AT_KEY) or 0
-        if self._reply_waiting() or now - last_poll >= schedules.seconds("feedback_poll_every"):
+        # Pending feedback is what the live answers left for the model (/ask, words the model reads).
+        pending = self.store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'")
+        if self._reply_waiting() or pending or now - last_poll >= schedules.seconds("feedback_poll_every"):
             await self.poll_feedback()
         every = schedules.seconds("digest_every")
         last_digest = self.store.get(DIGEST_AT_KEY) or now
@@ -288,7 +349,7 @@ class Reporter:
             await self.send_digest("asked for by feedback", now)
         elif every > 0 and now - last_digest >= every:
             await self.send_digest("schedule", now)  # once, however many intervals were missed
-        await self.flush_outbox(now)
+        await self.flush_outbox(max(now, time.time()))  # answers enqueued by this tick's poll are due now
 
 
 def answer_text(text: str, response: str) -> str:

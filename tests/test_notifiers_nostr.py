@@ -141,12 +141,11 @@ async def test_relay_restart_send_retried_once_and_reply_still_received(reporter
 
     await nostr_relay.start()  # an in-memory relay: it comes back empty
     await wait_relay_connected(reporter.channels["nostr"].client, nostr_relay.url)  # reconnects by itself
-    assert await reporter.flush_outbox(now + 31) == 1
-    assert await reporter.flush_outbox(now + 10_000) == 0
-
-    human = Human(nostr_relay.url, keys=nostr_human.keys)  # the phone reconnects too
+    human = Human(nostr_relay.url, keys=nostr_human.keys)  # the phone reconnects too, and publishes its DM relays
     await human.connect()
     try:
+        assert await reporter.flush_outbox(now + 31) == 1
+        assert await reporter.flush_outbox(now + 10_000) == 0
         _, text, rumor = await human.next_dm()
         assert text.startswith("botlab demo #1")
         await human.send_dm(bot_keys.public_key(), "/easier", reply_to=rumor)
@@ -225,3 +224,205 @@ async def test_a_dm_before_the_first_daemon_start_is_read_by_botlab_inbox(tmp_pa
     assert await asyncio.to_thread(read_inbox, team, Console(file=io.StringIO())) == 0
     with open_store(team.run_dir) as store:
         assert store.scalar("SELECT COUNT(*) FROM feedback") == 2
+
+
+# --- NIP-17 DM relays, NIP-42 AUTH, /status ---------------------------------------------------------------------------
+
+
+async def wraps_on(relay_url: str, to: Keys) -> int:
+    """How many gift wraps for `to` a relay holds, asked by a third client."""
+    observer = Human(relay_url, dm_relays=[])
+    await observer.connect()
+    try:
+        wraps = Filter().kind(Kind(1059)).pubkey(to.public_key())
+        return len(await observer.client.fetch_events(ReqTarget.auto([wraps]), timedelta(seconds=2)))
+    finally:
+        await observer.close()
+
+
+async def test_a_dm_goes_to_the_recipients_own_dm_relay(tmp_path, nostr_relay, second_relay, bot_keys, store):
+    """The human reads DMs only on a relay the team is not configured with, and says so in their kind-10050 list."""
+    human = Human(nostr_relay.url, dm_relays=[second_relay.url])
+    await human.connect()
+    reporter = Reporter(nostr_team(tmp_path, nostr_relay, human), store)
+    await reporter.start()
+    try:
+        record_steps(store, range(1, 3))
+        await reporter.send_digest("test")
+        _, text, digest_rumor = await human.next_dm()
+        assert text.startswith("botlab demo #1")
+        assert await wraps_on(second_relay.url, human.keys) == 1
+        assert await wraps_on(nostr_relay.url, human.keys) == 0  # NIP-17: only to the recipient's DM relays
+        # Replies still come to the team's own relays (its 10050 list names them).
+        await human.send_dm(bot_keys.public_key(), "/harder", reply_to=digest_rumor)
+        await wait_for_feedback(reporter, store, 1)
+    finally:
+        await reporter.stop()
+        await human.close()
+    assert load_curriculum(store).difficulty == 1
+    [entry] = store.get("nostr/dm_relays").values()
+    assert (entry["npub"], entry["relays"]) == (human.npub, [second_relay.url])
+
+
+async def test_a_recipient_without_dm_relays_gets_no_dm_unless_the_team_file_says_so(tmp_path, nostr_relay, bot_keys,
+                                                                                     store):
+    from botlab.status import collect
+
+    human = Human(nostr_relay.url, dm_relays=[])  # publishes no kind-10050 list
+    await human.connect()
+    try:
+        team = nostr_team(tmp_path, nostr_relay, human)
+        reporter = Reporter(team, store)
+        await reporter.start()
+        try:
+            record_steps(store, range(1, 3))
+            await reporter.send_digest("test")
+        finally:
+            await reporter.stop()
+        [row] = store.query("SELECT sent_at, last_error FROM outbox WHERE channel = 'nostr'")
+        assert row["sent_at"] is None and "publishes no DM relay list (kind 10050)" in row["last_error"]
+        assert "send_without_dm_relays: true" in row["last_error"]
+        assert collect(store, team, alive=False)["nostr_dm_relays"][human.keys.public_key().to_hex()]["relays"] == []
+        with pytest.raises(TimeoutError):
+            await human.next_dm(timeout=0.5)
+
+        fallback = nostr_team(tmp_path, nostr_relay, human, send_without_dm_relays=True)
+        reporter = Reporter(fallback, store)
+        await reporter.start()
+        try:
+            assert await reporter.flush_outbox(time.time() + 31) == 1  # the held digest goes out on the retry
+        finally:
+            await reporter.stop()
+        _, text, _ = await human.next_dm()
+        assert text.startswith("botlab demo #1")
+    finally:
+        await human.close()
+
+
+async def test_a_relay_that_requires_auth(tmp_path, auth_relay, bot_keys, store):
+    """NIP-42: the relay takes no event and serves no DM before the client authenticates; both sides do."""
+    human = Human(auth_relay.url)
+    await human.connect()
+    reporter = Reporter(nostr_team(tmp_path, auth_relay, human), store)
+    await reporter.start()
+    try:
+        record_steps(store, range(1, 3))
+        await reporter.send_digest("test")
+        _, text, digest_rumor = await human.next_dm()
+        assert text.startswith("botlab demo #1")
+        await human.send_dm(bot_keys.public_key(), "/easier", reply_to=digest_rumor)
+        await wait_for_feedback(reporter, store, 1)
+    finally:
+        await reporter.stop()
+        await human.close()
+    assert load_curriculum(store).difficulty == -1
+    assert store.scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") == 0
+
+
+async def test_an_unauthenticated_client_is_refused_by_the_auth_relay(auth_relay):
+    """The check above means something: without AUTH this relay refuses the same event."""
+    from nostr_sdk import Client, RelayUrl
+
+    client = Client()
+    await client.add_relay(RelayUrl.parse(auth_relay.url))
+    await client.connect(timedelta(seconds=3))
+    try:
+        event = EventBuilder(Kind(1), "hello").finalize(Keys.generate())
+        out = await client.send_event(event, ok_timeout=timedelta(seconds=3))
+        assert not out.success and "auth-required" in " ".join(out.failed.values())
+    finally:
+        await client.shutdown()
+
+
+async def test_status_by_dm_is_answered_as_it_arrives(tmp_path, nostr_relay, nostr_human, bot_keys, store):
+    """With live answers (as the daemon runs them) a /status DM is answered without waiting for the daemon's next
+    tick (no tick() here), and a command needing no model is applied and counted the same way."""
+    reporter = Reporter(nostr_team(tmp_path, nostr_relay, nostr_human), store)
+    await reporter.start(live=True)
+    try:
+        record_steps(store, range(1, 3))
+        await nostr_human.send_dm(bot_keys.public_key(), "/focus abduction")
+        await nostr_human.send_dm(bot_keys.public_key(), "/status")
+        _, answer, _ = await nostr_human.next_dm(timeout=20)
+    finally:
+        await reporter.stop()
+    lines = answer.splitlines()
+    assert lines[0] == "botlab demo: stopped, step 2 of 500"
+    assert "weights deduction 1 abduction 3 induction 1; focus abduction" in lines
+    assert "last change (#1): focus on abduction; task weights abduction 1 -> 3" in lines
+    assert len(answer) <= 600
+    assert [r["status"] for r in store.query("SELECT status FROM feedback ORDER BY id")] == ["applied", "answered"]
+
+
+async def test_ask_is_refused_when_it_is_off(reporter, store, nostr_human, bot_keys):
+    await nostr_human.send_dm(bot_keys.public_key(), "/ask what is 2 + 2? /pause")
+    await wait_for_feedback(reporter, store, 1)
+    _, answer, _ = await nostr_human.next_dm()
+    assert answer == "/ask is off for this team (notifiers.nostr.ask.enabled)"
+    assert not load_curriculum(store).paused  # nothing in a request steers
+
+
+# --- the team's model on Nostr ----------------------------------------------------------------------------------------
+
+
+async def job_events(client, kind: int, author: Keys) -> list:
+    found = Filter().kind(Kind(kind)).author(author.public_key())
+    return list(await client.fetch_events(ReqTarget.auto([found]), timedelta(seconds=2)))
+
+
+@pytest.mark.slow
+async def test_ask_by_dm_and_by_job_request_is_answered_by_the_current_model(tmp_path, nostr_relay, nostr_human,
+                                                                            bot_keys, store, transformers_engine):
+    """/ask by NIP-17 DM and a NIP-90 kind-5050 request, answered by the policy on the real engine; the DM waits
+    for the tick (the engine is the trainer's between ticks), the rate limit refuses a second question."""
+    from botlab.agents.policy_model import PolicyModel
+    from botlab.notifiers.feedback import ask_model
+
+    policy = PolicyModel(transformers_engine)
+    customer = Human(nostr_relay.url)
+    await customer.connect()
+    ask = {"enabled": True, "per_hour": 1, "max_tokens": 24, "job_requests": True}
+    team = nostr_team(tmp_path, nostr_relay, nostr_human, ask=ask,
+                      allowed_pubkeys=[nostr_human.npub, customer.npub])
+    reporter = Reporter(team, store, model=policy)
+    await reporter.start(live=True)
+    try:
+        await nostr_human.send_dm(bot_keys.public_key(), "/ask What is the capital of France?")
+        await nostr_human.send_dm(bot_keys.public_key(), "/status")
+        _, status, _ = await nostr_human.next_dm(timeout=20)  # answered live ...
+        assert status.startswith("botlab demo: ")
+        assert store.query("SELECT status FROM feedback WHERE id = 1")[0]["status"] == "pending"  # ... /ask is not
+        await reporter.tick()
+        _, answer, _ = await nostr_human.next_dm()
+        expected = await asyncio.to_thread(ask_model, policy, "What is the capital of France?", 24)
+        assert answer == expected.strip() and answer
+
+        await nostr_human.send_dm(bot_keys.public_key(), "/ask And of Spain?")
+        await wait_for_feedback(reporter, store, 3)
+        _, refusal, _ = await nostr_human.next_dm()
+        assert refusal.startswith("not answered: at most 1 questions an hour; ask again after ")
+
+        def job(keys: Keys, prompt: str):
+            return (EventBuilder(Kind(5050), "").tags([Tag.parse(["i", prompt, "text"]),
+                                                       Tag.parse(["output", "text/plain"]),
+                                                       Tag.public_key(bot_keys.public_key())]).finalize(keys))
+
+        request = job(customer.keys, "Say hello.")
+        await customer.send_raw(request)
+        await customer.send_raw(job(nostr_human.keys, "Say goodbye."))  # this sender's hour is used up
+        await wait_for_feedback(reporter, store, 5)
+        await reporter.tick()
+    finally:
+        await reporter.stop()
+    try:
+        [result] = await job_events(customer.client, 6050, bot_keys)
+        tags = [t.to_vec() for t in result.tags()]
+        assert ["e", request.id().to_hex()] in tags and ["p", customer.keys.public_key().to_hex()] in tags
+        assert ["i", "Say hello.", "text"] in tags and ["request", request.as_json()] in tags
+        assert result.content() == (await asyncio.to_thread(ask_model, policy, "Say hello.", 24)).strip()
+        [error] = await job_events(customer.client, 7000, bot_keys)
+        status = next(t for t in (t.to_vec() for t in error.tags()) if t[0] == "status")
+        assert status[1] == "error" and status[2].startswith("not answered: at most 1 questions an hour")
+    finally:
+        await customer.close()
+    assert not load_curriculum(store).paused and load_curriculum(store).difficulty == 0
