@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.fixtures.sandbox import SECRET_ENV, program_processes
+from tests.fixtures.sandbox import SECRET_ENV, leftover_processes
 
 # --- layer 1: the gate (and the limits) of the executor as the loop uses it ------------------------------------------
 
@@ -89,7 +89,7 @@ def test_gated_corpus_is_rejected_or_contained(gated_results, name):
 
 def test_after_the_gated_corpus_nothing_runs_and_the_pool_works(gated_results, sandbox):
     _, pids_before = gated_results
-    assert program_processes(sandbox) == []
+    assert leftover_processes(sandbox) == []
     assert sandbox.worker_pids() == pids_before  # no worker died or needed replacing
     assert sandbox.validate_many([("def f(x):\n    return x + 1", ["1"])])[0].outputs == ["2"]
 
@@ -178,6 +178,14 @@ def f(x):
     return out
 """
 
+# The processes it can see besides its worker (pid 1) and itself: no earlier program, no process forked ahead
+# for a later one.
+OTHERS = """
+import os
+def f(x):
+    return sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid()))
+"""
+
 SUBCLASS_ESCAPE = """
 def f(marker):
     for cls in ().__class__.__base__.__subclasses__():
@@ -257,6 +265,7 @@ def open_results(open_sandbox, host_paths, listener):
         "network": (NETWORK, str(listener.getsockname()[1])),
         "spawn": (SPAWN, "20"),
         "kill": (KILL_EVERYONE, "1"),
+        "others": (OTHERS, "1"),
         "subclass escape": (SUBCLASS_ESCAPE, repr(marker)),
         "privileges": (PRIVILEGES, "1"),
         "ignore signals": (IGNORE_SIGNALS, "1"),
@@ -300,7 +309,12 @@ def test_no_process_can_be_started(open_results, open_sandbox):
     results, _, _ = open_results
     output = results["spawn"].outputs[0]
     assert "forked" not in output and "started" not in output
-    assert program_processes(open_sandbox) == []
+    assert leftover_processes(open_sandbox) == []
+
+
+def test_a_program_shares_its_pid_namespace_with_no_other_program(open_results):
+    results, _, _ = open_results
+    assert results["others"].outputs == ["[]"], results["others"]
 
 
 def test_privileged_calls_fail(open_results):
@@ -332,6 +346,6 @@ def test_contained_outcomes(open_results, name, reasons):
 
 def test_after_the_open_corpus_nothing_runs_and_the_pool_works(open_results, open_sandbox):
     _, pids_before, _ = open_results
-    assert program_processes(open_sandbox) == []
+    assert leftover_processes(open_sandbox) == []
     assert open_sandbox.worker_pids() == pids_before
     assert open_sandbox.validate_many([("def f(x):\n    return x * 2", ["21"])])[0].outputs == ["42"]

@@ -18,8 +18,10 @@ import pytest
 from botlab.config import ExecutorConfig
 from botlab.sandbox import Executor, Validation
 from botlab.sandbox.executor import _worker_settings
+from botlab.sandbox.runtime.hub import STANDBY_NAME
 from botlab.sandbox.workers import Worker
-from tests.fixtures.sandbox import ATTACK_MODULES, TEST_LIMITS, program_processes
+from tests.fixtures.sandbox import (ATTACK_MODULES, TEST_LIMITS, leftover_processes, program_processes,
+                                    programs_below)
 
 ADD = [(f"def f(x):\n    return x + {k}", ["1"]) for k in range(8)]
 EXPECTED = [Validation(True, [str(1 + k)]) for k in range(8)]
@@ -60,7 +62,7 @@ def test_a_killed_idle_worker_is_replaced(pool, target):
     os.kill(victim, signal.SIGKILL)
     assert pool.validate_many(ADD) == EXPECTED
     assert pool.validate_many(ADD) == EXPECTED
-    assert program_processes(pool) == []
+    assert leftover_processes(pool) == []
 
 
 def test_a_worker_killed_mid_batch_is_replaced_and_its_item_retried(pool):
@@ -76,7 +78,22 @@ def test_a_worker_killed_mid_batch_is_replaced_and_its_item_retried(pool):
     assert results[1:] == EXPECTED
     assert launcher.pid not in pool.worker_pids()
     assert len(set(pool.worker_pids()) - pids_before) == 1
-    assert program_processes(pool) == []
+    assert leftover_processes(pool) == []
+
+
+def test_the_standby_is_confined_before_it_has_a_job(pool):
+    """Each fork server forks its next program process ahead of the jobs (runtime/hub.py): it is confined already,
+    and it is not the process that ran the batch before."""
+    pool.validate_many(ADD)
+    for pid in pool.worker_pids():
+        server = psutil.Process(pid).children()[0]
+        standby = wait_for(lambda: [p for p in server.children() if p.name() == STANDBY_NAME], "a standby")[0]
+        assert os.getsid(standby.pid) == standby.pid  # its own session
+        assert standby.open_files() == [] and standby.num_fds() == 5  # /dev/null as 0-2, and its two pipes
+        if os.geteuid() == 0:
+            assert standby.uids() == (65534, 65534, 65534) and standby.gids() == (65534, 65534, 65534)
+    assert pool.validate_many(ADD) == EXPECTED
+    assert leftover_processes(pool) == []
 
 
 def test_the_wall_clock_limit_kills_a_program_that_uses_no_cpu():
@@ -84,7 +101,7 @@ def test_the_wall_clock_limit_kills_a_program_that_uses_no_cpu():
     with Executor(config) as ex:
         [v] = ex.validate_many([("import time\ndef f(x):\n    time.sleep(600)", ["1"])])
         assert (v.reason, v.detail) == ("timeout", "wall-clock limit of 1 s")
-        assert program_processes(ex) == []
+        assert leftover_processes(ex) == []
 
 
 def test_endless_programs_are_stopped_by_the_cpu_limit(pool):
@@ -123,7 +140,7 @@ def test_without_namespaces_sockets_are_refused_and_the_report_says_so():
     with Executor(config) as ex:
         assert "NO network namespace" in ex.isolation
         assert ex.validate_many([(program, ["1"])]) == [Validation(True, ["['no socket', 'no fork']"])]
-        assert program_processes(ex) == []
+        assert leftover_processes(ex) == []
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -162,7 +179,8 @@ def test_an_unprivileged_worker_isolates_itself_in_a_user_namespace(tmp_path):
         assert "done" not in result["outputs"][0] and result["outputs"][0].endswith(", -1]")
         assert not os.path.exists("/usr/botlab-escape")
         hub = psutil.Process(worker.pid).children()[0]
-        assert hub.uids().real == 65534 and hub.children() == []
+        assert hub.uids().real == 65534
+        wait_for(lambda: not programs_below(hub), "the program process to be reaped")
     finally:
         worker.kill()
 
@@ -238,7 +256,7 @@ def test_a_job_that_kills_its_shared_process_fails_alone():
         results = ex.validate_many(ADD[:3] + [FOREVER] + ADD[3:5] + [memory] + ADD[5:])
         assert [r.reason for r in results] == [None] * 3 + ["timeout"] + [None] * 2 + ["memory"] + [None] * 3
         assert [r for r in results if r.valid] == EXPECTED
-        assert program_processes(ex) == []
+        assert leftover_processes(ex) == []
 
 
 def test_a_program_that_changes_shared_modules_cannot_reach_the_others(sandbox):

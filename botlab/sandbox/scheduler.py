@@ -99,14 +99,13 @@ class Batch:
         idle = [w for w in self.workers if w not in self.assigned]
         for group in (0, 1):  # second stages first: they complete items
             if self.pending[group]:
-                match = next((w for w in idle if _group(w) == group), None)
+                match = _longest_idle(w for w in idle if _group(w) == group)
                 if match:
                     return match
         if not self.pending[None] or not idle:
             return None
-        busy_in_0 = sum(1 for w in self.assigned if _group(w) == 0)
-        group = 0 if busy_in_0 <= len(self.assigned) - busy_in_0 else 1
-        return next((w for w in idle if _group(w) == group), idle[0])
+        busy = [sum(1 for w in self.assigned if _group(w) == group) for group in (0, 1)]
+        return min(idle, key=lambda w: (busy[_group(w)], w.answered_at))  # the quieter group, then the longest idle
 
     def _take(self, group: int) -> Chunk | None:
         for queue in (self.pending[group], self.pending[None]):
@@ -184,3 +183,9 @@ class Batch:
 
 def _group(worker: Worker) -> int:
     return worker.index % 2
+
+
+def _longest_idle(workers) -> Worker | None:
+    """The one that answered longest ago: it has had the most time to reap its last program process and fork the
+    next one (runtime/hub.py)."""
+    return min(workers, key=lambda w: w.answered_at, default=None)

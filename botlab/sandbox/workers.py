@@ -39,6 +39,7 @@ class Worker:
         self.settings = settings
         self.log_path = log_dir / f"worker-{index}.log"
         self.runs = 0
+        self.answered_at = 0.0  # time.monotonic() of its last answer (the scheduler prefers the longest idle)
         self.isolation = ""
         self.process: subprocess.Popen | None = None
 
@@ -122,6 +123,7 @@ class Worker:
         message = read_frame(self.stdout)
         if not isinstance(message, (dict, list)):
             raise WorkerGone(f"unexpected message {message!r:.80}")
+        self.answered_at = time.monotonic()
         return message
 
     @staticmethod

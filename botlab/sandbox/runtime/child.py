@@ -1,7 +1,7 @@
 """What a program process does once confined: run the precompiled job and describe the outcome as a dict.
 
 Everything here runs in the forked process, after `isolation.confine_child`. Code objects arrive precompiled
-(the gate has already passed them), so the child does no parsing: fewer pages touched, a faster fork.
+(the gate has already passed them; marshal'd by the worker), so the child does no parsing: fewer pages touched.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .reasons import REASONS
 from .values import TooLarge, Uncomparable, canonical, is_plain
 
 DETAIL_CHARS = 300
+SANDBOX_MODULE = "__sandbox__"  # the module each program's top level runs in (a new one per run)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _dispatch(job: Job, table: dict, limit: int, allow_none: bool) -> list[str]:
 
 def _call_f(program: CodeType, call: CodeType, table: dict) -> object:
     """Run the program's top level in a fresh module, then evaluate f(<input>) there."""
-    module = ModuleType("__sandbox__")  # a real module: dataclasses, typing, pickle-free introspection find it
+    module = ModuleType(SANDBOX_MODULE)  # a real module: dataclasses, typing, pickle-free introspection find it
     sys.modules[module.__name__] = module
     namespace = module.__dict__
     namespace["__builtins__"] = table

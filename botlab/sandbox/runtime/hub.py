@@ -3,10 +3,13 @@
 Started by the trainer as `python -S ... -c "from runtime.hub import main; main()"`. Its life:
 1. read the settings frame, preload the standard-library modules programs may import, clear the environment;
 2. enter namespaces (isolation.py) and fork its init, which serves jobs (pid 1 of the new pid namespace);
-3. per frame (one job or a list): parse + gate + compile here (cached), fork a child that confines itself and runs
-   the code objects, read each job's result under its own deadline, SIGKILL whatever is left, remove its temp dir.
-The worker itself never runs model code. Behind the gate, the jobs of a frame that change nothing shared run one
-after another in one child (gate.may_share_a_process); any other job gets a child of its own (docs/sandbox.md).
+3. per frame (one job or a list): parse + gate + compile here (cached), hand the code objects to the standby child
+   (forked and confined before the frame came) that runs them, read each job's result under its own deadline,
+   SIGKILL whatever is left and answer; then reap it, remove its temp dir and fork the next standby.
+The worker itself never runs model code. A child takes one frame's jobs and is never used again; the next is forked
+only once the last one is reaped, so no two ever meet. Behind the gate, the jobs of a frame that change nothing
+shared run one after another in one child (gate.may_share_a_process); any other job gets a child of its own
+(docs/sandbox.md).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import ast
 import ctypes
 import gc
+import marshal
 import os
 import select
 import signal
@@ -25,7 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from . import gate, isolation
-from .child import Job, decode_result, encode_result, run_job, safe_builtins
+from .child import SANDBOX_MODULE, Job, decode_result, encode_result, run_job, safe_builtins
 from .protocol import WALL_STRETCH, WorkerGone, read_frame, write_frame
 
 # Modules programs may import (minus the banned list). Loaded before the fork, so a program pays nothing for them;
@@ -38,6 +42,18 @@ PRELOAD = (
 )
 CACHE_SIZE = 128  # compiled programs kept; a small heap keeps every fork cheap
 _FRAME = struct.Struct(">I")  # each result a program process sends: its length, then encode_result's bytes
+_JOBS = struct.Struct(">I")  # the one message a program process receives: its length, then _pack_jobs' bytes
+STANDBY_NAME, PROGRAM_NAME = "botlab-standby", "botlab-program"  # process names: waiting for jobs, or has them
+# Run by every standby before it waits for its jobs, results thrown away: its first touches of the worker's memory
+# (copy-on-write faults, about 100 for even the smallest job) then happen before a job is sent, not while the
+# trainer waits. Fixed text of ours, one job of each kind; it leaves nothing the jobs could see (_warm_up).
+WARM_UP = (
+    {"kind": "run", "program": "def f(a, b):\n    return [a, b, {'k': (a, 2.5)}, {b}, str(b) * a]",
+     "inputs": ["1, 'x'"]},
+    {"kind": "check_output", "gold": "[1, 'x']", "answer": "[1, 'x']"},
+    {"kind": "check_input", "program": "def f(a):\n    return a", "gold": "(1, 'x')", "answer": "(1, 'x')"},
+    {"kind": "check_program", "program": "def f(a):\n    return a", "pairs": [["1", "1"], ["'x'", "'y'"]]},
+)
 HARNESS_FAILED = 70  # exit status of a program process whose confinement or reporting failed
 
 # fork(2) without CPython's at-fork handlers. The worker is single-threaded, so there is nothing for them to
@@ -111,12 +127,21 @@ class Hub:
         self.runs = 0
         # /proc shows this namespace's processes (so /proc/<child pid> is the child): the load-aware clock needs it
         self.own_proc = _own_proc()
+        self.warm_up = _pack_jobs([self.prepare(job) for job in WARM_UP])
+        self.standby: Process | None = None  # forked and confined ahead, waiting for its jobs
+        self.used: Process | None = None  # ran jobs and was sent SIGKILL; not yet reaped
 
     def serve(self) -> None:
-        """Until the trainer closes the pipe (or dies): a worker never outlives it."""
+        """Until the trainer closes the pipe (or dies): a worker never outlives it. The answer goes out as soon as
+        the last program process is killed; reaping it and forking the next standby happen while the trainer
+        reads, before the next frame is read. (With the next frame already waiting, the process is forked for it
+        once it is gated: a standby would only spend its warm-up while the frame waits.)"""
         try:
             while True:
+                if self.standby is None and not select.select([0], [], [], 0)[0]:
+                    self.standby = self._fork_standby()
                 write_frame(1, self.handle(read_frame(0)))
+                self._reap()
         except WorkerGone:
             return
 
@@ -218,102 +243,119 @@ class Hub:
     # --- run in a confined child --------------------------------------------------------------------------------
 
     def run_confined(self, jobs: list[Job]) -> list[dict]:
-        """Run the jobs one after another in one fresh confined process. Returns the results of a prefix of them:
-        every job that finished, then the one that was running if the process died or ran out of time."""
+        """Run the jobs one after another in one fresh confined process (the standby). Returns the results of a
+        prefix of them: every job that finished, then the one that was running if the process died or ran out of
+        time. The process is sent SIGKILL before this returns: no program code runs once its results are in."""
+        self._reap()  # the process of a job before these in the same frame: gone before the next one starts
+        process = self.standby or self._fork_standby()
+        self.standby, self.used = None, process
+        try:
+            _write_all(process.jobs_fd, _JOBS.pack(len(body := _pack_jobs(jobs))) + body)
+        except OSError:  # it died before taking its jobs (its confinement failed): _collect reports how
+            pass
+        results, process.status, cpu, stopped = self._collect(process, jobs)
+        self._stop(process)
+        if len(results) == len(jobs) or (process.status == 0 and results):  # all done, or it stopped after MemoryError
+            return results
+        return results + [self._interpret(stopped, process.status, cpu, len(jobs))]
+
+    def _fork_standby(self) -> "Process":
+        """A fresh process, forked from this (gated, trusted) state before any job is known and confined at once;
+        it waits for one frame of jobs (runtime/child.py runs them) and is never used again."""
         self.runs += 1
         workdir = os.path.join(self.base, str(self.runs))
         os.mkdir(workdir, 0o700)
         if self.iso.run_as:
             os.chown(workdir, *self.iso.run_as)
-        read_fd, write_fd = os.pipe()
+        jobs_read, jobs_write = os.pipe()
+        results_read, results_write = os.pipe()
         pid = _raw_fork()
         if pid < 0:
             raise OSError("fork failed")
         if pid == 0:
-            self._child(jobs, read_fd, write_fd, workdir)
-        os.close(write_fd)
-        status = None
+            self._child(jobs_read, results_write, workdir)
+        os.close(jobs_read)
+        os.close(results_write)
         try:
-            results, status, cpu, stopped = self._collect(pid, read_fd, jobs)
-        finally:
-            os.close(read_fd)
-            self._kill_leftovers(pid, reaped=status is not None)
-            _remove_tree(workdir)
-        if len(results) == len(jobs) or (status == 0 and results):  # all done, or it stopped after a MemoryError
-            return results
-        return results + [self._interpret(stopped, status, cpu, len(jobs))]
+            exit_fd = os.pidfd_open(pid)  # readable once the child has exited
+        except OSError:  # kernels before 5.3, or a seccomp filter: poll instead
+            exit_fd = None
+        return Process(pid, jobs_write, results_read, exit_fd, _ChildClock(pid if self.own_proc else None), workdir)
 
-    def _child(self, jobs: list[Job], read_fd: int, write_fd: int, workdir: str) -> None:
+    def _child(self, jobs_fd: int, write_fd: int, workdir: str) -> None:
         try:
             gc.freeze()  # the collector must not walk (and so copy) the worker's young objects: O(1) list splice
-            os.close(read_fd)
+            isolation.confine_child(self.iso, self.null_fd, (jobs_fd, write_fd), workdir)
+            isolation.set_process_name(STANDBY_NAME)  # only once confined
+            if not select.select([jobs_fd], [], [], 0)[0]:  # its jobs are not here yet: time to spare
+                self._warm_up()
+            jobs = _unpack_jobs(jobs_fd)
+            if jobs is None:
+                os._exit(0)  # the worker is going away
+            isolation.set_process_name(PROGRAM_NAME)
             s = self.settings
-            isolation.confine_child(self.iso, s.cpu_s * len(jobs), self.null_fd, write_fd, workdir)
+            isolation.limit_cpu(s.cpu_s * len(jobs))
             for job in jobs:
                 if len(jobs) > 1:  # each job its own CPU-time limit (the rlimit above bounds them all)
                     signal.setitimer(signal.ITIMER_PROF, s.cpu_s)
                 result = run_job(job, self.builtins, s.max_output_chars, s.allow_none_output)
                 body = encode_result(result)
-                view = memoryview(_FRAME.pack(len(body)) + body)
-                while view:
-                    view = view[os.write(write_fd, view) :]
+                _write_all(write_fd, _FRAME.pack(len(body)) + body)
                 if result["reason"] == "memory":
                     break  # what it left behind must not squeeze the next program: they get a new process
         except BaseException:  # noqa: BLE001 - the harness itself failed: no result, a distinct status
             os._exit(HARNESS_FAILED)
         os._exit(0)
 
-    def _collect(self, pid: int, read_fd: int, jobs: list[Job]) -> tuple[list[dict], int | None, float, str]:
+    def _warm_up(self) -> None:
+        """In the standby, confined, before its jobs: the same paths a job takes, on WARM_UP."""
+        s = self.settings
+        for job in (Job(*fields) for fields in marshal.loads(self.warm_up)):
+            encode_result(run_job(job, self.builtins, s.max_output_chars, s.allow_none_output))
+        sys.modules.pop(SANDBOX_MODULE, None)  # the warm-up program's module: no job may find it
+
+    def _collect(self, process: "Process", jobs: list[Job]) -> tuple[list[dict], int | None, float, str]:
         """Read the child's results as they come, until it exits or a job runs out of time or sends too much.
 
         Returns (results, wait status or None, cpu seconds, why it was stopped: "timeout", "malformed" or "").
         Each job's wall-clock limit runs from the end of the one before, not counting the time the child waited
         for a CPU (a busy host must not turn a good program into a timeout); at most WALL_STRETCH times the limit.
         """
-        clock = _ChildClock(pid if self.own_proc else None)
+        pid, read_fd, exit_fd, clock = process.pid, process.results_fd, process.exit_fd, process.clock
         limit = self.settings.timeout_s
-        try:
-            exit_fd = os.pidfd_open(pid)  # readable once the child has exited
-        except OSError:  # kernels before 5.3, or a seccomp filter: poll instead
-            exit_fd = None
         buffer = bytearray()
         results: list[dict] = []
         reading, status, cpu = True, None, 0.0
         clock.start()
-        try:
-            while (reading or status is None) and len(results) < len(jobs):
-                remaining = clock.remaining(limit)
-                if remaining <= 0:
-                    return results, None, 0.0, "timeout"
-                if reading:
-                    waiting, wait = [read_fd], remaining
-                else:
-                    waiting, wait = ([exit_fd], remaining) if exit_fd is not None else ([], min(remaining, 0.002))
-                ready, _, _ = select.select(waiting, [], [], wait)
-                if read_fd in ready:
-                    chunk = os.read(read_fd, 65536)
-                    reading = bool(chunk)
-                    buffer += chunk
-                    while len(buffer) >= _FRAME.size and len(results) < len(jobs):
-                        (size,) = _FRAME.unpack_from(buffer)
-                        if size > self._cap(jobs[len(results)]):
-                            return results, None, 0.0, "malformed"
-                        if len(buffer) < _FRAME.size + size:
-                            break
-                        result = decode_result(bytes(buffer[_FRAME.size : _FRAME.size + size]))
-                        if result is None:
-                            return results, None, 0.0, "malformed"
-                        del buffer[: _FRAME.size + size]
-                        results.append(result)
-                        clock.start()
-                elif not reading:
-                    done, status, usage = os.wait4(pid, os.WNOHANG)
-                    status = status if done else None
-                    cpu = usage.ru_utime + usage.ru_stime
-        finally:
-            clock.close()
-            if exit_fd is not None:
-                os.close(exit_fd)
+        while (reading or status is None) and len(results) < len(jobs):
+            remaining = clock.remaining(limit)
+            if remaining <= 0:
+                return results, None, 0.0, "timeout"
+            if reading:
+                waiting, wait = [read_fd], remaining
+            else:
+                waiting, wait = ([exit_fd], remaining) if exit_fd is not None else ([], min(remaining, 0.002))
+            ready, _, _ = select.select(waiting, [], [], wait)
+            if read_fd in ready:
+                chunk = os.read(read_fd, 65536)
+                reading = bool(chunk)
+                buffer += chunk
+                while len(buffer) >= _FRAME.size and len(results) < len(jobs):
+                    (size,) = _FRAME.unpack_from(buffer)
+                    if size > self._cap(jobs[len(results)]):
+                        return results, None, 0.0, "malformed"
+                    if len(buffer) < _FRAME.size + size:
+                        break
+                    result = decode_result(bytes(buffer[_FRAME.size : _FRAME.size + size]))
+                    if result is None:
+                        return results, None, 0.0, "malformed"
+                    del buffer[: _FRAME.size + size]
+                    results.append(result)
+                    clock.start()
+            elif not reading:
+                done, status, usage = os.wait4(pid, os.WNOHANG)
+                status = status if done else None
+                cpu = usage.ru_utime + usage.ru_stime
         return results, status, cpu, ""
 
     def _cap(self, job: Job) -> int:
@@ -335,25 +377,36 @@ class Hub:
             return _failure("crash", f"killed by {signal.Signals(sig).name}")
         return _failure("crash", f"exited with status {os.waitstatus_to_exitcode(status)} and no valid result")
 
-    def _kill_leftovers(self, pid: int, reaped: bool) -> None:
-        """Nothing a program started may survive it."""
-        as_init = self.iso.pid and os.getpid() == 1
-        if as_init:
-            targets = [-1]  # every other process in this pid namespace
-        else:
-            targets = [-pid] if reaped else [-pid, pid]  # its process group outlives it only with members
+    def _stop(self, process: "Process") -> None:
+        """SIGKILL the process and whatever it started (nothing a program started may survive it); the kernel tears
+        it down while the answer goes out, and _reap collects it."""
+        if self._as_init():
+            targets = [-1]  # every other process in this pid namespace (there is no standby while a job runs)
+        else:  # its process group outlives it only with members
+            targets = [-process.pid] if process.status is not None else [-process.pid, process.pid]
         for target in targets:
             try:
                 os.kill(target, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if not reaped:
-            os.waitpid(pid, 0)
-        while as_init:  # orphans are handed to init: reap every one (all were just sent SIGKILL)
+
+    def _reap(self) -> None:
+        """Wait for the last used process (already sent SIGKILL) and its orphans to be gone; remove its temp dir."""
+        process, self.used = self.used, None
+        if process is None:
+            return
+        if process.status is None:
+            os.waitpid(process.pid, 0)
+        while self._as_init():  # orphans are handed to init: reap every one (all were sent SIGKILL)
             try:
                 os.waitpid(-1, 0)
             except ChildProcessError:
-                return
+                break
+        process.close()
+        _remove_tree(process.workdir)
+
+    def _as_init(self) -> bool:
+        return self.iso.pid and os.getpid() == 1
 
     def _make_base_dir(self) -> str:
         # The private /tmp when there is one; else a tmpfs if the host has one (a disk rmdir costs milliseconds).
@@ -361,6 +414,56 @@ class Hub:
         path = os.path.join(root, f"botlab-sandbox-{os.getpid()}-{time.time_ns()}")
         os.mkdir(path, 0o711)  # the confined user may enter its own subdirectory, not list the others
         return path
+
+
+@dataclass
+class Process:
+    """A confined program process seen from the worker: its pipes, its clock and its temp dir."""
+
+    pid: int
+    jobs_fd: int  # the worker writes its jobs here, once
+    results_fd: int  # it writes one result frame per job here
+    exit_fd: int | None  # a pidfd, readable once it has exited
+    clock: "_ChildClock"
+    workdir: str
+    status: int | None = None  # its wait status, once the worker has reaped it
+
+    def close(self) -> None:
+        for fd in (self.jobs_fd, self.results_fd, self.exit_fd):
+            if fd is not None:
+                os.close(fd)
+        self.clock.close()
+
+
+def _pack_jobs(jobs: list[Job]) -> bytes:
+    """The compiled jobs for a process forked before they were known. marshal carries code objects (it is how
+    .pyc files store them); only ever from this worker to its own child, never from model code."""
+    return marshal.dumps([(job.kind, job.program, job.calls, job.golds, job.answer) for job in jobs])
+
+
+def _unpack_jobs(fd: int) -> list[Job] | None:
+    """In the standby: its jobs, or None when the worker closed the pipe without sending any."""
+    try:
+        (size,) = _JOBS.unpack(_read_exactly(fd, _JOBS.size))
+        return [Job(*fields) for fields in marshal.loads(_read_exactly(fd, size))]
+    except EOFError:
+        return None
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _remove_tree(path: str) -> None:

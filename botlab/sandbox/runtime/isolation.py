@@ -2,7 +2,8 @@
 and resource limits.
 
 Set up once per worker (namespaces are inherited by every program process it forks), then per program process
-`confine_child` applies what must be per process: limits, a new session, no privileges.
+`confine_child` applies what must be per process: limits, a new session, no privileges (and `limit_cpu` once the
+process has its jobs).
 
 What is active depends on the machine and is reported in words by `Isolation.describe()`:
 - as root: network, mount, pid, ipc and uts namespaces; program processes run as `nobody`;
@@ -30,7 +31,7 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added after the syscall table unification)
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_NO_NEW_PRIVS = 1, 4, 15, 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 PRIVATE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # the world-writable places, replaced by empty ones
@@ -159,17 +160,20 @@ def limit_worker(memory_mb: int) -> None:
         resource.setrlimit(which, (value, value))
 
 
-def confine_child(iso: Isolation, cpu_s: int, null_fd: int, keep_fd: int, workdir: str) -> None:
-    """In each program process, after fork and before the program: its own limits, no privileges, no inherited
-    files (the worker's pipe to the trainer above all)."""
+def confine_child(iso: Isolation, null_fd: int, keep_fds: tuple[int, ...], workdir: str) -> None:
+    """In each program process, after fork and before it takes its jobs: a new session, no privileges, no
+    inherited file except its own pipes `keep_fds` (the worker's pipe to the trainer above all is closed). Its CPU
+    limit comes with its jobs (limit_cpu)."""
     os.setsid()  # its own process group: killpg reaches whatever it manages to start
     if not iso.pid:  # in a pid namespace the worker's death already takes every program process with it
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     for fd in (0, 1, 2):
         os.dup2(null_fd, fd)
-    os.closerange(3, keep_fd)
-    os.closerange(keep_fd + 1, 1 << 16)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # its own CPU time starts at zero
+    start = 3
+    for fd in sorted(keep_fds):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, 1 << 16)
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork at all (enforced for non-root: hence `nobody`)
     os.chdir(workdir)
     if iso.run_as:
@@ -177,6 +181,21 @@ def confine_child(iso: Isolation, cpu_s: int, null_fd: int, keep_fd: int, workdi
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)  # drops every capability
+
+
+def limit_cpu(cpu_s: int) -> None:
+    """A program process's CPU-time limit, set once it knows how many jobs it runs, before the first one (lowered
+    only: never above the limit it inherited)."""
+    _, inherited = resource.getrlimit(resource.RLIMIT_CPU)
+    soft, hard = cpu_s, cpu_s + 1
+    if inherited != resource.RLIM_INFINITY:
+        soft, hard = min(soft, inherited), min(hard, inherited)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def set_process_name(name: str) -> None:
+    """What ps (and the tests) show for a program process: whether it is still a standby or has taken jobs."""
+    _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def set_parent_death_signal() -> None:
