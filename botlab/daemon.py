@@ -14,15 +14,27 @@ import threading
 import time
 from pathlib import Path
 
+from botlab.agents.policy_model import PolicyModel
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
+from botlab.engines import create_engine
+from botlab.evaluation import EvalError, describe, record, run_suite
+from botlab.logs import setup_run_logging
+from botlab.models import ModelNotFound, resolve_model
+from botlab.notifiers.service import Reporter
 from botlab.observability import MetricsSink
 from botlab.progress import RunProgress
 from botlab.resources import release_free_memory, usage
 from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, PHASE_KEY, RESUME_KEY, RUN_LAST_STEP_KEY
 from botlab.rundir import SEEDING_DONE_KEY, STARTED_AT_KEY, AlreadyRunning, DaemonLock
+from botlab.sandbox import Executor
 from botlab.selfplay import heldout
+from botlab.selfplay.checkpoints import load_resume_state
+from botlab.selfplay.distributed import follow, launch_problem, launch_rank, lead, release_followers
+from botlab.selfplay.learner import Learner
+from botlab.selfplay.step import SelfPlay
 from botlab.store import Store, StoreError, open_store
+from botlab.teamfile import TeamFileError, load_team
 
 log = logging.getLogger("botlab.daemon")
 
@@ -79,8 +91,6 @@ class SideLoop:
 def run_team(team: TeamConfig, steps: int | None = None, minutes: float | None = None) -> int:
     """The daemon; `steps`: exit after that many steps, `minutes`: start no step after that much time (the step that
     ends past it is the last, and is checkpointed)."""
-    from botlab.selfplay.distributed import follow, launch_problem, launch_rank, release_followers
-
     if problem := launch_problem(team):
         print(f"error: {problem}")
         return EXIT_FAILED
@@ -89,7 +99,7 @@ def run_team(team: TeamConfig, steps: int | None = None, minutes: float | None =
     run_dir = team.run_dir
     try:
         with DaemonLock(run_dir):
-            _setup_logging(run_dir)
+            setup_run_logging(run_dir)  # everything to logs/botlab.log; the console gets progress, warnings and errors
             with open_store(run_dir) as store:
                 return release_followers(Daemon(team, store, steps, minutes).run())
     except AlreadyRunning as err:
@@ -111,8 +121,6 @@ class Daemon:
         self.progress = RunProgress(team.name)
 
     def run(self) -> int:
-        from botlab.models import ModelNotFound
-
         previous = self.store.get(DAEMON_STATE_KEY, "new")
         self.stop.install()
         self.store.put(DAEMON_STATE_KEY, "running")
@@ -145,15 +153,6 @@ class Daemon:
     # --- set-up -----------------------------------------------------------------------------------------------------
 
     def _build(self, side: SideLoop) -> None:
-        from botlab.engines import create_engine
-        from botlab.models import resolve_model
-        from botlab.notifiers.service import Reporter
-        from botlab.sandbox import Executor
-        from botlab.selfplay.checkpoints import load_resume_state
-        from botlab.selfplay.distributed import lead
-        from botlab.selfplay.learner import Learner
-        from botlab.selfplay.step import SelfPlay
-
         team = self.team
         self.progress.phase("start", "loading the model")
         model_dir = resolve_model(team.model.name)
@@ -186,9 +185,7 @@ class Daemon:
         side.call(self.reporter.start(live=True), timeout=60)
         self.metrics = MetricsSink(team.run_dir, team.name, team.observability.wandb_project)
 
-    def _policy_model(self):
-        from botlab.agents.policy_model import PolicyModel
-
+    def _policy_model(self) -> PolicyModel:
         return PolicyModel(self.engine)
 
     # --- the loop ---------------------------------------------------------------------------------------------------
@@ -233,8 +230,6 @@ class Daemon:
 
     def _evaluate(self, step: int, side: SideLoop) -> None:
         """The periodic held-out evaluation, on the in-process engine; a bad eval setting never stops training."""
-        from botlab.evaluation import EvalError, describe, record, run_suite
-
         schedules = self.team.schedules
         data = self.team.resolve_path(schedules.eval_data) if schedules.eval_data else None
         for suite in schedules.eval_suites:
@@ -307,9 +302,6 @@ class Daemon:
 
     def _reload(self, side: SideLoop) -> None:
         """SIGHUP: take the reloadable parts of team.yaml (schedules, notifiers, reporter); refuse the rest."""
-        from botlab.notifiers.service import Reporter
-        from botlab.teamfile import TeamFileError, load_team
-
         try:
             new = load_team(self.team._source)
         except TeamFileError as err:
@@ -352,9 +344,3 @@ class Daemon:
 
     def _log_path(self) -> Path:
         return self.team.run_dir / "logs" / "botlab.log"
-
-
-def _setup_logging(run_dir: Path) -> None:
-    from botlab.logs import setup_run_logging
-
-    setup_run_logging(run_dir)  # everything to logs/botlab.log; the console gets progress, warnings and errors
