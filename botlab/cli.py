@@ -53,8 +53,20 @@ def _team(path: Path):
 
 
 @app.command()
-def validate(team_file: TeamArg) -> None:
-    """Check a team file; exit 0 if it is valid, else 2 with every error's field path and line."""
+def validate(
+    team_file: Annotated[Optional[Path], typer.Argument(help="the team file (team.yaml)", show_default=False)] = None,
+    explain: Annotated[Optional[str], typer.Option(
+        "--explain", metavar="KEY", help="print what a team-file key means, its type and default (e.g. "
+        "selfplay.solver_samples); no team file needed", show_default=False)] = None,
+) -> None:
+    """Check a team file; exit 0 if it is valid, else 2 with every error's field path and line. With --explain KEY,
+    describe one option instead (exit 2 for a key the team file does not have)."""
+    if explain is not None:
+        _explain(explain)
+        return
+    if team_file is None:
+        errors.print("give a team file to check, or --explain KEY", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     team = _team(team_file)
     bad_secrets = secret_problems(team)
     if bad_secrets:
@@ -65,6 +77,16 @@ def validate(team_file: TeamArg) -> None:
     console.print(f"[green]{team_file}: valid[/green] (team {team.name!r}, model {team.model.name})", highlight=False)
     for name in unset_secrets(team):
         console.print(f"  note: environment variable {name} is not set here; the run will need it", highlight=False)
+
+
+def _explain(key: str) -> None:
+    from botlab.explain import UnknownKey, explain
+
+    try:
+        print(explain(key).render())
+    except UnknownKey as err:
+        errors.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()

@@ -76,12 +76,16 @@ EnvName = Annotated[str, AfterValidator(check_env_name)]
 
 
 class LoraConfig(Strict):
-    enabled: bool = False
+    enabled: bool = Field(
+        False, description="train LoRA adapters (peft) instead of every weight; the engine gets the merged weights"
+    )
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input while training")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="names of the linear layers that get adapters (the attention and MLP projections of Llama- and "
+        "Qwen-style models)",
     )
 
 
@@ -130,7 +134,7 @@ class ModelConfig(Strict):
         "'1x24GB'); `botlab plan` and `botlab run` check that the run fits them. Unset: the GPUs torch sees, "
         "else this machine's RAM",
     )
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="low-rank adapters instead of full fine-tuning")
 
     @field_validator("gpus")
     @classmethod
@@ -180,7 +184,10 @@ def check_server_url(url: str) -> str:
 
 class SamplingConfig(Strict):
     temperature: float = Field(1.0, ge=0, description="1.0 as in AZR: learnability needs diverse samples")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="nucleus sampling: only the most likely tokens whose probabilities add up to this "
+        "are sampled; 1.0 = all"
+    )
     max_new_tokens: int = Field(256, ge=8, description="completion budget per turn")
     prime_answer: bool = Field(
         False, description="start each reply inside its answer block (```python / ```output ...): small models then "
@@ -189,11 +196,11 @@ class SamplingConfig(Strict):
 
 
 class ProposerConfig(SamplingConfig):
-    max_new_tokens: int = Field(384, ge=8)
+    max_new_tokens: int = Field(384, ge=8, description="completion budget per turn (a program and its inputs)")
 
 
 class SolverConfig(SamplingConfig):
-    max_new_tokens: int = Field(256, ge=8)
+    max_new_tokens: int = Field(256, ge=8, description="completion budget per turn (an answer)")
 
 
 class ReviewerConfig(Strict):
@@ -216,17 +223,27 @@ class ReporterConfig(Strict):
 
 
 class RolesConfig(Strict):
-    proposer: ProposerConfig = Field(default_factory=ProposerConfig)
-    solver: SolverConfig = Field(default_factory=SolverConfig)
-    reviewer: ReviewerConfig = Field(default_factory=ReviewerConfig)
-    reporter: ReporterConfig = Field(default_factory=ReporterConfig)
+    proposer: ProposerConfig = Field(
+        default_factory=ProposerConfig, description="writes new tasks from reference tasks; its turns are trained"
+    )
+    solver: SolverConfig = Field(default_factory=SolverConfig, description="answers tasks; its turns are trained")
+    reviewer: ReviewerConfig = Field(
+        default_factory=ReviewerConfig, description="gates valid proposals before a buffer: rule checks, then an "
+        "optional LLM pass"
+    )
+    reporter: ReporterConfig = Field(
+        default_factory=ReporterConfig, description="writes the digests' narrative and reads replies in plain words"
+    )
 
 
 # --- self-play and training ------------------------------------------------------------------------------------------
 
 
 class SelfPlayConfig(Strict):
-    task_types: list[TaskType] = Field(default_factory=lambda: list(TASK_TYPES), min_length=1)
+    task_types: list[TaskType] = Field(
+        default_factory=lambda: list(TASK_TYPES), min_length=1, description="AZR's task types to train: deduction "
+        "(predict the output), abduction (find an input for the output), induction (write the program from examples)"
+    )
     propose_batch: int = Field(64, ge=1, description="proposals per task type per step (AZR: 64)")
     solve_batch: int = Field(64, ge=1, description="solver tasks per task type per step (AZR: 64)")
     references: int = Field(6, ge=0, description="K reference triplets shown to the proposer (AZR io_n: 6)")
@@ -268,12 +285,12 @@ class SelfPlayConfig(Strict):
 class TrainConfig(Strict):
     steps: int = Field(500, ge=1, description="self-play steps of a full run (AZR paper: 500)")
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate, constant")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     clip_eps: float = Field(0.2, gt=0, description="PPO clip range below 1")
     clip_eps_high: float | None = Field(None, gt=0, description="upper clip (DAPO uses 0.28); default = clip_eps")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight (AZR paper branch: 0.001)")
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the initial policy; 0 keeps no reference model")
-    grad_clip: float = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0, description="gradients are clipped to this total norm before each update")
     micro_batch: int = Field(8, ge=1, description="sequences per forward/backward; gradients accumulate over the batch")
     bf16_autocast: bool = Field(True, description="bf16 autocast for forward/backward (2.5x faster on AMX CPUs)")
     gradient_checkpointing: bool = Field(
@@ -287,7 +304,9 @@ class TrainConfig(Strict):
     )
     format_penalty: float = Field(-1.0, le=0, description="reward of an unparseable or invalid output")
     wrong_penalty: float = Field(-0.5, le=0, description="reward of a well-formed but wrong/unlearnable output")
-    seed: int = 0
+    seed: int = Field(
+        0, description="seeds each step's draws (references, solver tasks, induction programs), so a step is repeatable"
+    )
 
 
 class ExecutorConfig(Strict):
@@ -507,9 +526,11 @@ class NostrNotifier(Strict):
 
 
 class NotifiersConfig(Strict):
-    console: ConsoleNotifier = Field(default_factory=ConsoleNotifier)
-    email: EmailNotifier | None = None
-    nostr: NostrNotifier | None = None
+    console: ConsoleNotifier = Field(
+        default_factory=ConsoleNotifier, description="a line per digest on the console, the digest as files"
+    )
+    email: EmailNotifier | None = Field(None, description="digests by email, replies read by IMAP; unset = no mail")
+    nostr: NostrNotifier | None = Field(None, description="digests and replies as Nostr DMs (NIP-17); unset = none")
 
 
 # --- the team --------------------------------------------------------------------------------------------------------
@@ -519,14 +540,24 @@ class TeamConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="used in paths and subjects")
     goal: str = Field("", description="free text the team works towards; enters the proposer prompt")
     storage_dir: Path = Field(Path("runs"), description="run data lives in STORAGE_DIR/NAME; relative to the file")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    roles: RolesConfig = Field(default_factory=RolesConfig)
-    selfplay: SelfPlayConfig = Field(default_factory=SelfPlayConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
-    notifiers: NotifiersConfig = Field(default_factory=NotifiersConfig)
-    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model trained, and its rollout engine")
+    roles: RolesConfig = Field(default_factory=RolesConfig, description="each role's model and sampling")
+    selfplay: SelfPlayConfig = Field(
+        default_factory=SelfPlayConfig, description="the self-play loop: batches, buffers, seeding, held-out split"
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the learner: steps, update and rewards")
+    executor: ExecutorConfig = Field(
+        default_factory=ExecutorConfig, description="the sandbox that runs model-written programs"
+    )
+    schedules: SchedulesConfig = Field(
+        default_factory=SchedulesConfig, description="when digests, reply checks, evaluations and checkpoints happen"
+    )
+    notifiers: NotifiersConfig = Field(
+        default_factory=NotifiersConfig, description="where digests go and replies come from"
+    )
+    observability: ObservabilityConfig = Field(
+        default_factory=ObservabilityConfig, description="metrics beyond the store, metrics.jsonl and TensorBoard"
+    )
 
     # Set by the loader, not by the file: the team file's path, for relative paths.
     _source: Path | None = PrivateAttr(None)

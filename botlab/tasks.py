@@ -28,7 +28,7 @@ class Triplet:
     extra: dict = field(default_factory=dict)
 
 
-# Induction shows several inputs (selfplay.induction_inputs of these) and a message; their outputs come from the sandbox.
+# Induction shows several inputs (the first selfplay.induction_inputs) and a message; the sandbox gives the outputs.
 ZERO_INDUCTION_INPUTS = ["'Hello world'", "[1, 2]", "7", "'abc'", "(3, 'x')", "{'k': 1}", "-2", "''", "[[0]]", "True"]
 ZERO_INDUCTION_MESSAGE = "The function gives back exactly what it receives."
 
