@@ -25,6 +25,8 @@ import textwrap
 import tokenize
 from dataclasses import dataclass
 
+from botlab.agents.pyast import PARSE_ERRORS
+
 _FENCE = "```"
 _TAG_ALIASES = {"py": "python", "python3": "python", "text": "", "txt": "", "plaintext": ""}
 _NUMBERED_TAG = re.compile(r"^(input|output|message|python)[\s_-]*\d*$")
@@ -124,7 +126,7 @@ def parse_module(code: str) -> ast.Module:
         return ast.parse(code)
     except SyntaxError as e:
         raise CodeProblem("syntax_error", f"line {e.lineno}: {e.msg}") from None
-    except (ValueError, RecursionError, MemoryError) as e:
+    except PARSE_ERRORS as e:
         raise CodeProblem("syntax_error", f"cannot parse: {type(e).__name__}") from None
 
 
@@ -245,7 +247,7 @@ def _parse_expression(source: str, what: str) -> tuple[ast.Expression | None, tu
         return ast.parse(source, mode="eval"), None
     except SyntaxError as e:
         return None, ("syntax", f"{what} not valid Python: {e.msg}")
-    except (ValueError, RecursionError, MemoryError) as e:
+    except PARSE_ERRORS as e:
         return None, ("syntax", f"cannot parse the {what}: {type(e).__name__}")
 
 

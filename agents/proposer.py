@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from botlab.agents.blocks import Block, Blocks, CodeProblem, answer_region, check_arguments, defines_function
 from botlab.agents.blocks import entry_program, split_blocks
 from botlab.agents.priming import Segment
+from botlab.agents.pyast import parse_or_none
 from botlab.agents.prompts import chat, load_prompts, render
-from botlab.config import TASK_TYPES, SelfPlayConfig, TaskType
+from botlab.config import SelfPlayConfig, TaskType
 from botlab.curriculum import Curriculum
-from botlab.tasks import Triplet
+from botlab.tasks import Triplet, check_task_type
 
 # Program lines at least this long that reappear in an induction message count as quoting the code.
 _LEAK_MIN_CHARS = 12
@@ -80,7 +81,7 @@ class Proposer:
         Deduction/abduction: `references` are the K triplets to show (their first input and output).
         Induction: `references[0]` is the program to write inputs for; further references are not shown.
         """
-        _check_task_type(task_type)
+        check_task_type(task_type)
         curriculum = curriculum or Curriculum()
         if task_type == "induction":
             if not references:
@@ -105,7 +106,7 @@ class Proposer:
 
     def primed(self, task_type: TaskType) -> list[Segment]:
         """The reply's parts when the team primes answers (roles.proposer.prime_answer)."""
-        _check_task_type(task_type)
+        check_task_type(task_type)
         if task_type != "induction":
             return _PROGRAM_AND_INPUT
         calls = [Segment("f(", "\n", max_tokens=_CALL_TOKENS)] * (self.cfg.induction_inputs - 1)
@@ -116,7 +117,7 @@ class Proposer:
 
     def parse(self, task_type: TaskType, completion_text: str, program: str | None = None) -> ProposalParse:
         """Read a proposal. For induction, pass the probed `program` to catch a message that quotes it."""
-        _check_task_type(task_type)
+        check_task_type(task_type)
         if not completion_text.strip():
             return _fail("empty_completion", "the completion is empty")
         region, reason = answer_region(completion_text)
@@ -176,11 +177,6 @@ class Proposer:
         return ProposalParse(program=program or "", inputs=inputs[:wanted], message=message)
 
 
-def _check_task_type(task_type: str) -> None:
-    if task_type not in TASK_TYPES:
-        raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
-
-
 def _missing(blocks: Blocks, reason: str, detail: str) -> ProposalParse:
     """A required block is missing; if one was left open at the end, the completion was cut off."""
     if blocks.unclosed:
@@ -215,11 +211,8 @@ def _induction_inputs(blocks: Blocks) -> list[str | None]:
 
 def _call_arguments(line: str) -> str | None:
     """The arguments of a line `f(ARGS)  # comment`, or None when the line is not one call."""
-    try:
-        body = ast.parse(line.strip()).body
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    node = body[0] if len(body) == 1 else None
+    tree = parse_or_none(line.strip())
+    node = tree.body[0] if tree is not None and len(tree.body) == 1 else None
     if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)):
         return None
     call = ast.get_source_segment(line.strip(), node.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import re
 
+from botlab.agents.pyast import PARSE_ERRORS, is_docstring, parse_or_none
 from botlab.tasks import Triplet
 
 
@@ -27,7 +28,7 @@ def trivial_reason(task_type: str, candidate: Triplet) -> tuple[str, str] | None
     entry = _entry(candidate.program)
     if entry is not None:
         params = _parameters(entry)
-        body = [s for s in entry.body if not _is_docstring(s)]
+        body = [s for s in entry.body if not is_docstring(s)]
         if (
             len(body) == 1
             and isinstance(body[0], ast.Return)
@@ -47,9 +48,8 @@ def trivial_reason(task_type: str, candidate: Triplet) -> tuple[str, str] | None
 
 
 def _entry(program: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-    try:
-        tree = ast.parse(program)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = parse_or_none(program)
+    if tree is None:
         return None
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "f":
@@ -67,10 +67,6 @@ def _names_read(fn: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def _is_docstring(node: ast.stmt) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-
-
 def _same_value(arguments: str, output: str) -> bool:
     """Does the output read as the same expression as the input? Several arguments read as a tuple of them.
 
@@ -78,5 +74,5 @@ def _same_value(arguments: str, output: str) -> bool:
     """
     try:
         return ast.dump(ast.parse(f"({arguments}\n)", mode="eval")) == ast.dump(ast.parse(f"({output}\n)", mode="eval"))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    except PARSE_ERRORS:  # ast.dump recurses too: keep it inside the guard
         return False

@@ -28,6 +28,8 @@ from functools import cache
 
 import numpy as np
 
+from botlab.agents.pyast import is_docstring, parse_or_none
+
 _KEEP_NAMES = set(dir(builtins)) | {"f", "self", "cls"}
 _SHINGLE = 4
 _PERMUTATIONS = 64
@@ -40,19 +42,14 @@ _B = _rng.integers(0, 2**63, size=_PERMUTATIONS, dtype=np.uint64)
 
 
 def _parse(program: str) -> ast.Module | None:
-    try:
-        tree = ast.parse(program)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = parse_or_none(program)
+    if tree is None:
         return None
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and _is_docstring(body[0]):
+        if isinstance(body, list) and body and is_docstring(body[0]):
             node.body = body[1:] or [ast.Pass()]
     return tree
-
-
-def _is_docstring(node: ast.AST) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def fingerprint(program: str) -> str:

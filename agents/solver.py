@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from botlab.agents.blocks import MAX_CODE_CHARS, CodeProblem, answer_region, check_arguments, check_value
 from botlab.agents.blocks import defines_function, entry_program, split_blocks
 from botlab.agents.priming import Segment
+from botlab.agents.pyast import PARSE_ERRORS
 from botlab.agents.prompts import chat, load_prompts, render
-from botlab.config import TASK_TYPES, SelfPlayConfig, TaskType
-from botlab.tasks import Triplet
+from botlab.config import SelfPlayConfig, TaskType
+from botlab.tasks import Triplet, check_task_type
 
 # The block kind each task type answers with, and the reason when it is missing.
 ANSWER_KIND: dict[str, tuple[str, str]] = {
@@ -79,8 +80,7 @@ class Solver:
         return [Segment("```python\ndef f(", "```")]
 
     def parse(self, task_type: TaskType, completion_text: str) -> AnswerParse:
-        if task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
+        check_task_type(task_type)
         if not completion_text.strip():
             return AnswerParse(reason="empty_completion", detail="the completion is empty")
         region, reason = answer_region(completion_text)
@@ -120,7 +120,7 @@ def _from_assertion(line: str, task_type: str) -> tuple[str, AnswerParse | None]
         return "", AnswerParse(reason="answer_syntax_error", detail=f"the assertion has {len(line)} characters")
     try:
         test = ast.parse(line).body[0].test
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+    except PARSE_ERRORS as e:
         return "", AnswerParse(reason="answer_syntax_error", detail=f"the assertion is not valid Python: {e}")
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
             and isinstance(test.left, ast.Call)):
@@ -140,8 +140,7 @@ def _counts_as(block, wants_code: bool) -> bool:
 
 
 def _check_task(task_type: str, task: Triplet) -> None:
-    if task_type not in TASK_TYPES:
-        raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
+    check_task_type(task_type)
     if not task.inputs or len(task.inputs) != len(task.outputs):
         raise ValueError(
             f"task {task.id!r}: needs as many outputs as inputs and at least one (got {len(task.inputs)} inputs, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from botlab.config import TaskType
+from botlab.config import TASK_TYPES, TaskType
 
 # AZR's zero triplet: the identity function, the seed of every buffer.
 ZERO_PROGRAM = "def f(a):\n    return a"
@@ -37,3 +37,9 @@ def zero_triplet(task_type: TaskType, induction_inputs: int = len(ZERO_INDUCTION
     if task_type == "induction":
         return Triplet(ZERO_PROGRAM, ZERO_INDUCTION_INPUTS[:induction_inputs], [], ZERO_INDUCTION_MESSAGE, task_type)
     return Triplet(ZERO_PROGRAM, [ZERO_INPUT], [ZERO_OUTPUT], task_type=task_type)
+
+
+def check_task_type(task_type: str) -> None:
+    """A task type the caller passed must be one of TASK_TYPES."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
