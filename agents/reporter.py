@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from typing import Any
 
 from botlab.agents.prompts import load_prompts, render
+from botlab.agents.role_models import RoleModelError, role_model
 from botlab.config import ReporterConfig
 
 log = logging.getLogger(__name__)
@@ -24,23 +24,23 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def make_reporter_model(config: ReporterConfig, policy_model: Any = None) -> Any:
-    """The smolagents Model the reporter uses, or None for the deterministic template."""
+    """The smolagents Model the reporter uses (the policy or a litellm model), or None for the deterministic
+    template, also when the model cannot be used here: digests go out either way."""
     if config.model == "template":
         return None
-    if config.model == "policy":
-        return policy_model
     try:
-        import litellm  # noqa: F401  (optional dependency: botlab[litellm])
-        from smolagents import LiteLLMModel
-    except ImportError:
-        log.warning("roles.reporter.model %r needs litellm (pip install 'botlab[litellm]'); using the template",
-                    config.model)
+        return role_model(config, "roles.reporter", policy_model)
+    except RoleModelError as err:
+        log.warning("%s; the reporter uses the template", err)
         return None
-    api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
-    return LiteLLMModel(model_id=config.model, api_key=api_key)
 
 
 # --- the narrative ---------------------------------------------------------------------------------------------------
+
+
+def tool_names() -> list[str]:
+    """The narrative agent's tools, by name (for `botlab team show`)."""
+    return [t.name for t in _tools({})]
 
 
 def _tools(facts: dict[str, Any]) -> list:

@@ -11,9 +11,10 @@ Rule pass, in this order (the first failing check decides; every reason is machi
 Goal relevance is not judged by rules (a keyword match would reject good tasks and admit bad ones): with a goal set
 it needs the LLM pass, and an admitted verdict says that it was not judged otherwise.
 
-Optional LLM pass (cfg.llm and a `model`): each candidate the rules admit goes to a smolagents agent
-(agents/review_agent.py) that may reject it as "off_goal", "safety" or "llm_reject". When the model fails or answers
-garbage the rule verdict stands and its detail says so.
+Optional LLM pass (cfg.llm): each candidate the rules admit goes to a smolagents agent (agents/review_agent.py)
+that may reject it as "off_goal", "safety" or "llm_reject". Its model is cfg.model: the policy (the `model` the
+daemon passes) or a litellm model (agents/role_models.py). When the model fails or answers garbage the rule verdict
+stands and its detail says so.
 
 For induction the loop passes the induction buffer's programs: a program already probed is a duplicate.
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from botlab.agents.prompts import load_prompts
 from botlab.agents.review_agent import LLMReview
 from botlab.agents.review_rules import safety_flags, trivial_reason
+from botlab.agents.role_models import role_model
 from botlab.agents.similarity import Pool, SimilarityIndex, fingerprint
 from botlab.config import ReviewerConfig, TaskType
 from botlab.tasks import Triplet
@@ -42,11 +44,14 @@ class Verdict:
 
 class Reviewer:
     def __init__(self, cfg: ReviewerConfig, executor, goal: str = "", model=None):
+        """`model`: the policy's smolagents Model, used when cfg.model is 'policy'. Raises RoleModelError when
+        cfg.model is a litellm model that cannot be used here."""
         self.cfg = cfg
         self.goal = goal.strip()
         self.patterns: dict[str, str] = load_prompts("reviewer")["safety_patterns"]
         self.index = SimilarityIndex()
-        self.llm = LLMReview(model, executor, self.goal) if cfg.llm and model is not None else None
+        llm_model = role_model(cfg, "roles.reviewer", policy_model=model) if cfg.enabled and cfg.llm else None
+        self.llm = LLMReview(llm_model, executor, self.goal) if llm_model is not None else None
 
     def review(
         self, task_type: TaskType, candidates: list[Triplet], buffer_programs: list[str], rules: list[str] = ()

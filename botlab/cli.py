@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from botlab.teamfile import TeamFileError, load_team, secret_problems, unset_secrets
+from botlab.teamfile import TeamFileError, load_team, role_model_problems, secret_problems, unset_secrets
 
 app = typer.Typer(
     help=(
@@ -30,8 +30,10 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print a ratio against a baseline measured in the same run.")
 sandbox_app = typer.Typer(help="Run model-style programs through the sandboxed executor by hand.")
+team_app = typer.Typer(help="Look at a team file.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(team_app, name="team")
 
 console = Console()
 errors = Console(stderr=True)
@@ -74,6 +76,7 @@ def validate(
         for problem in bad_secrets:
             errors.print(f"  {problem.render(str(team_file))}", highlight=False, markup=False)
         raise typer.Exit(EXIT_USAGE)
+    _refuse_unusable_role_models(team, team_file)
     console.print(f"[green]{team_file}: valid[/green] (team {team.name!r}, model {team.model.name})", highlight=False)
     for name in unset_secrets(team):
         console.print(f"  note: environment variable {name} is not set here; the run will need it", highlight=False)
@@ -102,11 +105,23 @@ def run(
     if steps is not None and steps < 1:
         errors.print("--steps must be at least 1")
         raise typer.Exit(EXIT_USAGE)
+    _refuse_unusable_role_models(team, team_file, need_keys=True)
     if not ignore_plan:
         _refuse_what_cannot_fit(team)
     from botlab.daemon import run_team
 
     raise typer.Exit(run_team(team, steps=steps))
+
+
+def _refuse_unusable_role_models(team, team_file: Path, need_keys: bool = False) -> None:
+    """A reviewer or reporter on a litellm model that cannot work here (litellm missing, a provider litellm does not
+    know; with `need_keys`, its api_key_env unset)."""
+    bad = role_model_problems(team, need_keys)
+    if bad:
+        errors.print(f"[red]{team_file}: a role's model cannot be used here:[/red]", highlight=False)
+        for problem in bad:
+            errors.print(f"  {problem.render(str(team_file))}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_USAGE)
 
 
 def _refuse_what_cannot_fit(team) -> None:
@@ -283,6 +298,15 @@ def evaluate(
 
     raise typer.Exit(run_eval_command(team, suites=suite, data=data, limit=limit, as_json=as_json, console=console,
                                       model=model))
+
+
+@team_app.command("show")
+def team_show(team_file: TeamArg) -> None:
+    """Each role of the team: its model, tools, prompts file and whether it trains (a table; plain text in a pipe)."""
+    team = _team(team_file)
+    from botlab.team_show import print_roles
+
+    print_roles(team, console)
 
 
 @bench_app.command("executor")

@@ -182,7 +182,14 @@ def check_server_url(url: str) -> str:
 # --- roles -----------------------------------------------------------------------------------------------------------
 
 
+POLICY = "policy"  # the model being trained, served by the rollout engine
+TRAINED_ROLES = ("proposer", "solver")  # their turns are trained; the reviewer's and reporter's never are
+
+
 class SamplingConfig(Strict):
+    model: str = Field(
+        POLICY, description="a trained role (proposer, solver) runs on the policy being trained: only 'policy'"
+    )
     temperature: float = Field(1.0, ge=0, description="1.0 as in AZR: learnability needs diverse samples")
     top_p: float = Field(
         1.0, gt=0, le=1, description="nucleus sampling: only the most likely tokens whose probabilities add up to this "
@@ -194,6 +201,16 @@ class SamplingConfig(Strict):
         "answer in format from step 1; larger models do better reasoning first"
     )
 
+    @field_validator("model")
+    @classmethod
+    def _trained_on_the_policy(cls, v: str) -> str:
+        if v != POLICY:
+            raise ValueError(
+                f"a trained role runs on the policy being trained, so its model can only be 'policy' (got {v!r}); "
+                "another model can serve the reviewer or the reporter"
+            )
+        return v
+
 
 class ProposerConfig(SamplingConfig):
     max_new_tokens: int = Field(384, ge=8, description="completion budget per turn (a program and its inputs)")
@@ -203,22 +220,62 @@ class SolverConfig(SamplingConfig):
     max_new_tokens: int = Field(256, ge=8, description="completion budget per turn (an answer)")
 
 
-class ReviewerConfig(Strict):
+class UntrainedRoleConfig(Strict):
+    """A role whose turns are never trained may run on the policy or on any litellm model."""
+
+    api_key_env: EnvName | None = Field(
+        None, description="env var with the API key of a litellm model (a local server may need none)"
+    )
+    api_base: str | None = Field(
+        None, description="base URL of a litellm model's API, for a local server: http://127.0.0.1:8000/v1 with "
+        "model 'hosted_vllm/SERVED_NAME' (a vLLM server; no key needed) or 'openai/SERVED_NAME' (any OpenAI-"
+        "compatible server; needs api_key_env, any value where the server checks none). Default: the provider's own"
+    )
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base_is_a_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an API base URL like http://127.0.0.1:8000/v1")
+        return v.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _api_options_need_a_litellm_model(self):
+        if self.model in (POLICY, "template"):
+            for name in ("api_key_env", "api_base"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: applies to a litellm model string, not to model {self.model!r}")
+        return self
+
+
+class ReviewerConfig(UntrainedRoleConfig):
     enabled: bool = Field(True, description="gate valid proposals before they enter a buffer")
     near_duplicate_threshold: float = Field(
         0.9, gt=0, le=1, description="similarity of normalised programs above which a proposal is a near duplicate"
     )
     llm: bool = Field(False, description="add an LLM review pass after the rule-based one")
-    model: str = Field("policy", description="'policy' (the trained model) or a litellm model string")
-    api_key_env: EnvName | None = Field(None, description="env var with the API key of a litellm model")
+    model: str = Field(
+        POLICY, min_length=1, description="the LLM pass's model: 'policy' (the model being trained; the review "
+        "turns are not trained) or a litellm model string, PROVIDER/MODEL (e.g. 'anthropic/claude-sonnet-4-5'; a "
+        "local server with api_base); a litellm model's turns are capped at 512 tokens"
+    )
     rules: list[str] = Field(default_factory=list, description="extra plain-language rules for the LLM pass")
 
+    @model_validator(mode="after")
+    def _model_needs_the_llm_pass(self) -> "ReviewerConfig":
+        if self.model != POLICY and not self.llm:
+            raise ValueError(f"model: {self.model!r} serves only the LLM pass, which is off: set llm: true")
+        return self
 
-class ReporterConfig(Strict):
+
+class ReporterConfig(UntrainedRoleConfig):
     model: str = Field(
-        "template", description="'template' (deterministic text), 'policy', or a litellm model string"
+        "template", min_length=1, description="'template' (deterministic text), 'policy' (the model being trained; "
+        "the reporter's turns are not trained), or a litellm model string as for roles.reviewer.model"
     )
-    api_key_env: EnvName | None = Field(None, description="env var with the API key of a litellm model")
     max_words: int = Field(180, ge=20, description="narratives longer than this fall back to the template")
 
 

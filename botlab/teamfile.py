@@ -93,6 +93,35 @@ def secret_problems(team: TeamConfig) -> list[Problem]:
     return []
 
 
+def role_model_problems(team: TeamConfig, need_keys: bool = False) -> list[Problem]:
+    """Litellm models of the untrained roles that cannot be used here: litellm missing, a model it cannot route,
+    and with `need_keys` (about to run) an api_key_env that is not set. Trained roles on another model are schema
+    errors already."""
+    from botlab.agents.role_models import is_litellm, litellm_problem
+
+    roles = team.roles
+    used = [("reviewer", roles.reviewer)] if roles.reviewer.enabled and roles.reviewer.llm else []
+    used.append(("reporter", roles.reporter))
+    problems = []
+    for role, cfg in used:
+        if not is_litellm(cfg.model):
+            continue
+        problem = litellm_problem(cfg.model)
+        if problem:
+            problems.append(Problem(_line_of(team, ("roles", role, "model")), f"roles.{role}.model", problem))
+        if need_keys and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            problems.append(Problem(_line_of(team, ("roles", role, "api_key_env")), f"roles.{role}.api_key_env",
+                                    f"environment variable {cfg.api_key_env} is not set"))
+    return problems
+
+
+def _line_of(team: TeamConfig, loc: tuple) -> int | None:
+    """The line of a key in the team's file (None for a team not read from a file)."""
+    if team._source is None:
+        return None
+    return _line_index(yaml.compose(team._source.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)).get(loc)
+
+
 def unset_secrets(team: TeamConfig) -> list[str]:
     """Names of the environment variables the team refers to that are not set here."""
     names: list[str] = []

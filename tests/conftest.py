@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.engines",
     "tests.fixtures.agents",
+    "tests.fixtures.vllm_server",
 ]

@@ -1,13 +1,6 @@
-"""The server engine against a real vLLM OpenAI-compatible server (the CPU build), started once for this module."""
+"""The server engine against a real vLLM OpenAI-compatible server (the CPU build), shared by the test session."""
 
 from __future__ import annotations
-
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -16,65 +9,15 @@ from pydantic import ValidationError
 
 from botlab.config import ModelConfig
 from botlab.engines import EngineError, Sampling, create_engine
-from botlab.engines.server_engine import WORKER_EXTENSION, _rpc, _run
+from botlab.engines.server_engine import _rpc, _run
 from tests.fixtures.engines import TEST_MODEL_LEN, perturbed, teacher_logprobs
-
-STARTUP_TIMEOUT_S = 600  # a loaded 2-core machine; usually about a minute
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.fixtures.vllm_server import SERVER_MODEL_LEN, free_port
 
 
-@pytest.fixture(scope="module")
-def server_url(builtin_model_dir, tmp_path_factory):
-    """`vllm serve` on the builtin model, as a team would start it, on a free loopback port; stopped after the module."""
-    if os.environ.get("BOTLAB_NO_VLLM"):
-        pytest.skip("BOTLAB_NO_VLLM is set: no vLLM server on this host")
-    port = free_port()
-    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", VLLM_CPU_KVCACHE_SPACE="1")
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # botlab.engines sets it for in-process vLLM; a server is not
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(builtin_model_dir),
-        "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(TEST_MODEL_LEN), "--dtype", "bfloat16",
-        "--enforce-eager", "--logprobs-mode", "processed_logprobs", "--worker-extension-cls", WORKER_EXTENSION,
-    ]
-    with open(log, "wb") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not start; the end of its log:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-        yield url
-    finally:
-        _stop(server)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (API server and engine core), SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            server.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+@pytest.fixture(scope="session")
+def server_url(vllm_server_url):
+    """The session's vLLM server (tests/fixtures/vllm_server.py)."""
+    return vllm_server_url
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +140,8 @@ def test_a_server_that_is_down_is_named(server_url, builtin_model_dir):
     cfg = ModelConfig(engine="server", server_urls=[server_url, down], max_model_len=TEST_MODEL_LEN)
     with pytest.raises(EngineError, match=rf"vLLM server {down} is unreachable .*--logprobs-mode processed_logprobs"):
         create_engine(cfg, builtin_model_dir)
-    too_long = ModelConfig(engine="server", server_urls=[server_url], max_model_len=TEST_MODEL_LEN * 2)
-    with pytest.raises(EngineError, match=rf"{server_url} takes {TEST_MODEL_LEN} tokens but model.max_model_len"):
+    too_long = ModelConfig(engine="server", server_urls=[server_url], max_model_len=SERVER_MODEL_LEN * 2)
+    with pytest.raises(EngineError, match=rf"{server_url} takes {SERVER_MODEL_LEN} tokens but model.max_model_len"):
         create_engine(too_long, builtin_model_dir)
     # A worker method the server lacks reads as a server started without botlab's extension.
     with pytest.raises(EngineError, match=rf"{server_url} runs without botlab's worker extension: start each server"):
