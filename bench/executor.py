@@ -4,8 +4,9 @@
 
 The headline is the replay: bench/replay.jsonl holds a few hundred proposals and solver answers written by the
 model in real self-play runs (captured with bench/capture_replay.py), with their natural share of invalid, erroring
-and timing-out cases. The sandbox gets them the way a step sends them (one validate_many per step, one check per
-task type per step); the baseline gets them one by one. Each of the replay's categories is also timed alone.
+and timing-out cases. The sandbox gets them the way a step sends them (one validate_many per step, then one
+check_all for the step's answers of every task type); the baseline gets them one by one. Each of the replay's
+categories is also timed alone.
 
 The second line is the old synthetic mix (simple, loop-heavy, invalid and never-ending programs), kept for
 comparison: its ratio is carried by its timing-out items, which cost the serial baseline a full timeout each.
@@ -47,7 +48,7 @@ CATEGORIES = ("simple", "loop-heavy", "invalid", "timing-out")
 REPLAY = Path(__file__).with_name("replay.jsonl")
 REPLAY_CATEGORIES = ("valid", "rejected", "erroring", "timeout", "answer-deduction", "answer-abduction",
                      "answer-induction")
-CHECKS = {"check_output": "check_outputs", "check_input": "check_inputs", "check_program": "check_programs"}
+CHECKS = ("check_output", "check_input", "check_program")  # answer kinds, in Executor.check_all's argument order
 AZR_BANNED = ("logging", "random", "multiprocessing", "pebble", "subprocess", "threading", "datetime", "time",
               "hashlib", "hmac", "bcrypt", "os.sys", "os.path", "sys.exit", "os.environ", "calendar")
 
@@ -262,17 +263,16 @@ def _timed_ours(ex: Executor, items) -> tuple[float, int]:
 
 
 def replay_ours(ex: Executor, entries: list[dict]) -> list[bool]:
-    """Each entry valid (or correct), sent the way a step sends them: validations first, then the answers of each
-    task type. (Call it once per batch.)"""
+    """Each entry valid (or correct), sent the way a step sends them: validations first, then all the answers in
+    one call (botlab/selfplay/checking.py). (Call it once per batch.)"""
     ok = [False] * len(entries)
     todo = [i for i, entry in enumerate(entries) if entry["kind"] == "validate"]
     for i, v in zip(todo, ex.validate_many([(entries[i]["program"], entries[i]["inputs"]) for i in todo])):
         ok[i] = v.valid
-    for kind, method in CHECKS.items():
-        todo = [i for i, entry in enumerate(entries) if entry["kind"] == kind]
-        if todo:
-            for i, c in zip(todo, getattr(ex, method)([_check_item(entries[i]) for i in todo])):
-                ok[i] = c.correct
+    answers = [[i for i, entry in enumerate(entries) if entry["kind"] == kind] for kind in CHECKS]
+    for todo, results in zip(answers, ex.check_all(*([_check_item(entries[i]) for i in todo] for todo in answers))):
+        for i, c in zip(todo, results):
+            ok[i] = c.correct
     return ok
 
 

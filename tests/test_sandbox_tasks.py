@@ -158,6 +158,22 @@ def test_induction_needs_every_hidden_pair(sandbox):
     ]
 
 
+def test_all_three_kinds_in_one_batch_judge_as_each_kind_alone(sandbox):
+    program = "def f(xs):\n    return sorted(xs)[-1]"
+    pairs = [("'ab'", "'ba'"), ("'abc'", "'cba'")]
+    outputs = [("[1, 2]", "[1,2]"), ("1", "1 / 0"), ("'a'", "'b'")]
+    inputs = [(program, "9", "[9, 1]"), (program, "9", "open('/etc/passwd')"), (program, "9", "[1, 2]")]
+    programs = [("def f(s):\n    return s[::-1]", pairs), ("def f(s):\n    while True:\n        pass", pairs)]
+    together = sandbox.check_all(outputs, inputs, programs)
+    assert [[(r.correct, r.reason) for r in kind] for kind in together] == [
+        [(True, None), (False, "exception"), (False, "wrong_answer")],
+        [(True, None), (False, "forbidden_call"), (False, "wrong_answer")],
+        [(True, None), (False, "timeout")],
+    ]
+    assert together == (sandbox.check_outputs(outputs), sandbox.check_inputs(inputs), sandbox.check_programs(programs))
+    assert sandbox.check_all(inputs=inputs[:1]) == ([], [CheckResult(True)], [])
+
+
 def test_bad_arguments_name_the_item():
     with Executor(ExecutorConfig(workers=1)) as ex:
         with pytest.raises(ValueError, match="item 1 program must be a string"):
@@ -166,3 +182,5 @@ def test_bad_arguments_name_the_item():
             ex.validate_many([(REVERSE, "1")])
         with pytest.raises(ValueError, match="item 0 must be a"):
             ex.check_inputs([(REVERSE, "1")])
+        with pytest.raises(ValueError, match="item 0 must be a"):
+            ex.check_all(inputs=[(REVERSE, "1")])

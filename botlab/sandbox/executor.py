@@ -121,6 +121,32 @@ class Executor:
 
     def check_outputs(self, items: Sequence[tuple[str, str]]) -> list[CheckResult]:
         """Deduction: is each answer expression equal (==) to the gold output? Items are (gold_repr, answer)."""
+        return self._check(self._output_jobs(items))
+
+    def check_inputs(self, items: Sequence[tuple[str, str, str]]) -> list[CheckResult]:
+        """Abduction: does f(answer_input) equal the gold output? Items are (program, gold_repr, answer_input)."""
+        return self._check(self._input_jobs(items))
+
+    def check_programs(self, items: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> list[CheckResult]:
+        """Induction: does the answer program map every input to its gold output? Items are (program, pairs)."""
+        return self._check(self._program_jobs(items))
+
+    def check_all(
+        self,
+        outputs: Sequence[tuple[str, str]] = (),
+        inputs: Sequence[tuple[str, str, str]] = (),
+        programs: Sequence[tuple[str, Sequence[tuple[str, str]]]] = (),
+    ) -> tuple[list[CheckResult], list[CheckResult], list[CheckResult]]:
+        """check_outputs, check_inputs and check_programs of the same items, in one batch: one round of program
+        processes for all three kinds instead of one each."""
+        jobs = [self._output_jobs(outputs), self._input_jobs(inputs), self._program_jobs(programs)]
+        results = self._check([job for kind in jobs for job in kind])
+        first, second = len(jobs[0]), len(jobs[0]) + len(jobs[1])
+        return results[:first], results[first:second], results[second:]
+
+    # --- answers as jobs -------------------------------------------------------------------------------------------
+
+    def _output_jobs(self, items: Sequence[tuple[str, str]]) -> list[dict | tuple[str, str]]:
         jobs: list[dict | tuple[str, str]] = []
         for i, item in enumerate(items):
             gold, answer = _pair(item, i, "(gold_output, answer)")
@@ -129,10 +155,9 @@ class Executor:
                 jobs.append(("input_too_large", f"the answer has {len(answer)} characters"))
             else:
                 jobs.append({"kind": "check_output", "gold": gold, "answer": answer})
-        return self._check(jobs)
+        return jobs
 
-    def check_inputs(self, items: Sequence[tuple[str, str, str]]) -> list[CheckResult]:
-        """Abduction: does f(answer_input) equal the gold output? Items are (program, gold_repr, answer_input)."""
+    def _input_jobs(self, items: Sequence[tuple[str, str, str]]) -> list[dict | tuple[str, str]]:
         jobs: list[dict | tuple[str, str]] = []
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) != 3:
@@ -140,10 +165,9 @@ class Executor:
             program, gold, answer = (_text(x, f"item {i} {n}") for x, n in zip(item, ("program", "gold", "answer")))
             problem = self._program_problem(program) or self._inputs_problem([answer])
             jobs.append(problem or {"kind": "check_input", "program": program, "gold": gold, "answer": answer})
-        return self._check(jobs)
+        return jobs
 
-    def check_programs(self, items: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> list[CheckResult]:
-        """Induction: does the answer program map every input to its gold output? Items are (program, pairs)."""
+    def _program_jobs(self, items: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> list[dict | tuple[str, str]]:
         jobs: list[dict | tuple[str, str]] = []
         for i, item in enumerate(items):
             program, pairs = _pair(item, i, "(program, [(input, gold_output), ...])")
@@ -153,7 +177,7 @@ class Executor:
                 [text for text, _ in pairs]
             )
             jobs.append(problem or {"kind": "check_program", "program": program, "pairs": pairs})
-        return self._check(jobs)
+        return jobs
 
     # --- helpers ---------------------------------------------------------------------------------------------------
 

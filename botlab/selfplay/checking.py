@@ -6,17 +6,16 @@ answer program maps every hidden input to its gold output (the pairs after the f
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from botlab.agents.solver import AnswerParse
 from botlab.sandbox import Executor
 from botlab.tasks import Triplet
 
 
 def check_answers(executor: Executor, visible: int, items: list[tuple[Triplet, AnswerParse]]) -> list[bool]:
-    """One bool per (task, parsed answer); unparsed answers are wrong. Batched per task type."""
+    """One bool per (task, parsed answer); unparsed answers are wrong. All task types in one sandbox batch."""
     correct = [False] * len(items)
-    pending: dict[str, list[tuple[int, tuple]]] = defaultdict(list)
+    # in the order of check_all's arguments
+    pending: dict[str, list[tuple[int, tuple]]] = {"deduction": [], "abduction": [], "induction": []}
     for i, (task, parsed) in enumerate(items):
         if not parsed.ok:
             continue
@@ -27,9 +26,8 @@ def check_answers(executor: Executor, visible: int, items: list[tuple[Triplet, A
         else:
             hidden = list(zip(task.inputs[visible:], task.outputs[visible:]))
             pending["induction"].append((i, (parsed.answer, hidden)))
-    checkers = {"deduction": executor.check_outputs, "abduction": executor.check_inputs,
-                "induction": executor.check_programs}
-    for task_type, jobs in pending.items():
-        for (i, _), result in zip(jobs, checkers[task_type]([job for _, job in jobs])):
+    checked = executor.check_all(*([job for _, job in jobs] for jobs in pending.values()))
+    for jobs, results in zip(pending.values(), checked):
+        for (i, _), result in zip(jobs, results):
             correct[i] = result.correct
     return correct

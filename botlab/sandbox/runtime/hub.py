@@ -247,7 +247,7 @@ class Hub:
         prefix of them: every job that finished, then the one that was running if the process died or ran out of
         time. The process is sent SIGKILL before this returns: no program code runs once its results are in."""
         self._reap()  # the process of a job before these in the same frame: gone before the next one starts
-        process = self.standby or self._fork_standby()
+        process = self.standby or self._fork_standby(warm_up=False)  # no standby ready: one for these jobs now
         self.standby, self.used = None, process
         try:
             _write_all(process.jobs_fd, _JOBS.pack(len(body := _pack_jobs(jobs))) + body)
@@ -259,7 +259,7 @@ class Hub:
             return results
         return results + [self._interpret(stopped, process.status, cpu, len(jobs))]
 
-    def _fork_standby(self) -> "Process":
+    def _fork_standby(self, warm_up: bool = True) -> "Process":
         """A fresh process, forked from this (gated, trusted) state before any job is known and confined at once;
         it waits for one frame of jobs (runtime/child.py runs them) and is never used again."""
         self.runs += 1
@@ -273,7 +273,7 @@ class Hub:
         if pid < 0:
             raise OSError("fork failed")
         if pid == 0:
-            self._child(jobs_read, results_write, workdir)
+            self._child(jobs_read, results_write, workdir, warm_up)
         os.close(jobs_read)
         os.close(results_write)
         try:
@@ -282,12 +282,12 @@ class Hub:
             exit_fd = None
         return Process(pid, jobs_write, results_read, exit_fd, _ChildClock(pid if self.own_proc else None), workdir)
 
-    def _child(self, jobs_fd: int, write_fd: int, workdir: str) -> None:
+    def _child(self, jobs_fd: int, write_fd: int, workdir: str, warm_up: bool) -> None:
         try:
             gc.freeze()  # the collector must not walk (and so copy) the worker's young objects: O(1) list splice
             isolation.confine_child(self.iso, self.null_fd, (jobs_fd, write_fd), workdir)
             isolation.set_process_name(STANDBY_NAME)  # only once confined
-            if not select.select([jobs_fd], [], [], 0)[0]:  # its jobs are not here yet: time to spare
+            if warm_up and not select.select([jobs_fd], [], [], 0)[0]:  # its jobs are not here yet: time to spare
                 self._warm_up()
             jobs = _unpack_jobs(jobs_fd)
             if jobs is None:
