@@ -303,8 +303,9 @@ class SelfPlay:
         for p, group in zip(admitted, groups):
             for s in group:
                 s.task = p.triplet
-            correct = self._check(group)
-            p.solve_rate = sum(correct) / len(correct)
+        correct = iter(self._check([s for group in groups for s in group]))  # one sandbox batch for every task
+        for p, group in zip(admitted, groups):
+            p.solve_rate = sum(next(correct) for _ in group) / len(group)
 
     def _solve(self, tasks: dict[TaskType, list[Triplet]]) -> list[Sample]:
         prompts, owners = [], []
