@@ -302,7 +302,10 @@ class Hub:
                 body = encode_result(result)
                 _write_all(write_fd, _FRAME.pack(len(body)) + body)
                 if result["reason"] == "memory":
-                    break  # what it left behind must not squeeze the next program: they get a new process
+                    os._exit(0)  # what it left behind must not squeeze the next program: they get a new process
+            # All reported: wait for the worker's SIGKILL instead of exiting. Tearing a process down takes a few
+            # hundred microseconds of CPU, which would otherwise run before the worker can read the last result.
+            os.read(jobs_fd, 1)
         except BaseException:  # noqa: BLE001 - the harness itself failed: no result, a distinct status
             os._exit(HARNESS_FAILED)
         os._exit(0)
@@ -380,6 +383,11 @@ class Hub:
     def _stop(self, process: "Process") -> None:
         """SIGKILL the process and whatever it started (nothing a program started may survive it); the kernel tears
         it down while the answer goes out, and _reap collects it."""
+        if process.status is None:
+            try:  # its teardown then waits for a free CPU instead of taking this one while the answer goes out
+                os.setpriority(os.PRIO_PROCESS, process.pid, 19)
+            except OSError:
+                pass
         if self._as_init():
             targets = [-1]  # every other process in this pid namespace (there is no standby while a job runs)
         else:  # its process group outlives it only with members
