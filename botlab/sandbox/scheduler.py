@@ -1,11 +1,11 @@
 """Runs one batch of jobs on the worker pool.
 
 - Jobs travel in chunks: one frame to a worker, one frame back, and (behind the gate) one program process for the
-  whole chunk, each job in it with its own limits (runtime/hub.py). A batch is cut into one chunk per slot, of 8 to
-  64 jobs: each process started costs the host about 2 ms of CPU, more than most jobs, and on a busy host that CPU
-  is what the batch waits for; the cap keeps a few chunks per worker in big batches, so that a validation whose
-  first run failed (a timeout above all) has its second run dropped before it is sent. A chunk is formed when a
-  worker takes it.
+  whole chunk, each job in it with its own limits (runtime/hub.py). A chunk holds a slot's share of the batch, but
+  at least 32 jobs (each process started costs the host 2-3 ms of CPU, mostly copy-on-write faults in it and in
+  the worker: more than most jobs, and on a busy host that CPU is what the batch waits for) and at most 64 (a big
+  batch still comes in a few chunks per worker, so that a validation whose first run failed, a timeout above all,
+  has its second run dropped before it is sent). A chunk is formed when a worker takes it.
 - At most `slots` chunks run at once: one per busy worker.
 - Each busy worker also holds one chunk in reserve, so it starts the next without waiting for us.
 - A run with a `group` goes to a worker of that hash-seed group: a validation's two runs go one to each, at the
@@ -28,7 +28,7 @@ from botlab.sandbox.runtime.protocol import WALL_STRETCH, WorkerGone
 from botlab.sandbox.workers import Worker
 
 GRACE_S = 10.0  # beyond its jobs' own deadlines, how long a worker may take to answer before it is replaced
-MIN_CHUNK, MAX_CHUNK = 8, 64  # jobs per frame (and per program process): enough to spread a process start thinly
+MIN_CHUNK, MAX_CHUNK = 32, 64  # jobs per frame (and per program process): enough to spread a process start thinly
 
 
 @dataclass(eq=False)
