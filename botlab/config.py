@@ -357,7 +357,8 @@ class TrainConfig(Strict):
     sharding: Literal["none", "ddp", "fsdp"] = Field(
         "none", description="how the learner uses several GPUs: none (one GPU holds the learner), ddp (every GPU "
         "holds a full replica and takes its share of the micro-batches), fsdp (weights, gradients and AdamW state "
-        "sharded over the GPUs, as ZeRO-3; the multi-GPU learner runs DDP so far). `botlab plan` sizes memory by it"
+        "sharded over the ranks, as ZeRO-3, with torch's FSDP2; needs a torchrun / accelerate launch, not with "
+        "LoRA). `botlab plan` sizes memory by it"
     )
     format_penalty: float = Field(-1.0, le=0, description="reward of an unparseable or invalid output")
     wrong_penalty: float = Field(-0.5, le=0, description="reward of a well-formed but wrong/unlearnable output")

@@ -169,8 +169,7 @@ class Daemon:
         # The follower ranks of a launch, if any.
         self.learner = lead(self.learner, str(resume) if resume else None, self.store)
         self.progress.phase("start", "starting the rollout engine")
-        shared = self.learner.accelerator.unwrap_model(self.learner.model)
-        self.engine, why = create_engine(team.model, model_dir, learner_model=shared)
+        self.engine, why = create_engine(team.model, model_dir, learner_model=self.learner.shareable_model())
         if resume and not self.engine.shares_learner:
             self.engine.load_weights(self.learner.named_weights())
         self.store.put(ENGINE_KEY, {"name": self.engine.name, "why": why})

@@ -319,9 +319,8 @@ def _learner(team: TeamConfig, arch: Architecture, hw: Hardware, notes: list[str
     if train.sharding != "none" and sharding == "none":
         notes.append(f"train.sharding {train.sharding} does nothing on {'one GPU' if hw.gpu else 'CPU'}")
     shards = hw.count if sharding == "fsdp" else 1
-    if shards > 1:
-        notes.append("train.sharding fsdp: the multi-GPU learner runs DDP so far (botlab/selfplay/distributed.py); "
-                     "this plan is what it needs once it shards")
+    if shards > 1 and model.lora.enabled:
+        notes.append("train.sharding fsdp with model.lora: botlab run refuses it (adapters are small): use ddp")
     over = f" / {shards} (fsdp)" if shards > 1 else ""
     parts = []
     if model.lora.enabled:

@@ -255,8 +255,9 @@ def test_run_with_ignore_plan_goes_on_to_load_the_model(tmp_path):
     assert (tmp_path / "runs" / "too-big").is_dir()
 
 
-def test_run_refuses_a_sharding_the_learner_cannot_do(tmp_path):
-    """train.sharding: fsdp is what `botlab plan` sizes, not what the learner does yet: a run says so, starts nothing."""
+def test_run_refuses_fsdp_outside_a_launch_and_with_lora(tmp_path, monkeypatch):
+    """train.sharding: fsdp shards over the ranks of a launch: one process would hold what the plan sized in shards,
+    so a plain `botlab run` says how to launch it and starts nothing; LoRA with fsdp is refused under a launch too."""
     team = write(tmp_path, """
         name: sharded
         storage_dir: runs
@@ -266,8 +267,17 @@ def test_run_refuses_a_sharding_the_learner_cannot_do(tmp_path):
     command = [sys.executable, "-m", "botlab.cli", "run", str(team), "--steps", "1", "--ignore-plan"]
     refused = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert refused.returncode == 1
-    assert "train.sharding is fsdp" in refused.stdout and "the learner cannot do yet" in refused.stdout
+    assert "train.sharding is fsdp, which shards the learner over the ranks of a launch" in refused.stdout
+    assert "torchrun --nproc-per-node N -m botlab.cli run" in refused.stdout
     assert not (tmp_path / "runs").exists()
+
+    from botlab.selfplay.distributed import launch_problem
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    sharded = load_team(team)
+    assert launch_problem(sharded) is None
+    sharded.model.lora.enabled = True
+    assert "train.sharding is fsdp with model.lora on" in launch_problem(sharded)
 
 
 # --- the estimate against a measured update ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 In-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set by botlab.engines before vLLM is imported) lets `load_weights` hand
 the learner's tensors straight to the worker's `reload_weights`, with no copy through another process. With tensor
 parallelism vLLM runs one worker process per shard: the weights then go through safetensors files in shared memory
-that every worker reads its shards from (see `_load_through_files`).
+that every worker reads its shards from (see `_load_through_files`). Under a torchrun / accelerate launch the worker
+is a process of its own even without tensor parallelism (`_apart_from_the_launch`): in this process it would build
+vLLM's groups on the launch's process group, which the other ranks never join.
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ class VLLMEngine(Engine):
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.can_sleep = cfg.sleep_mode and current_platform.is_sleep_mode_available()
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # Workers in processes of their own: their weights come through files (see `_load_through_files`).
+        self.workers_apart = cfg.tensor_parallel_size > 1 or launched
+        if launched:
+            kwargs["distributed_executor_backend"] = "mp"
         try:
-            with _process_state_kept():
+            with _process_state_kept(), _apart_from_the_launch():
                 self.llm = LLM(
                     model=str(model_dir),
                     dtype=cfg.dtype,
@@ -71,8 +78,7 @@ class VLLMEngine(Engine):
         self.expected_shapes = _checkpoint_shapes(model_dir)
         self.tied_head = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self.state = "awake"  # "asleep" after sleep(), "waking" after wake_up() until load_weights brings weights
-        self.tensor_parallel_size = cfg.tensor_parallel_size
-        if self.tensor_parallel_size > 1:
+        if self.workers_apart:
             _remove_stale_weight_files()
         tokenizer = load_tokenizer(model_dir)
         super().__init__(tokenizer, cfg.max_model_len, self.llm.llm_engine.model_config.get_vocab_size())
@@ -106,7 +112,7 @@ class VLLMEngine(Engine):
         named = list(named_tensors)
         self._check_names(named)
         try:
-            if self.tensor_parallel_size == 1:
+            if not self.workers_apart:
                 # The worker is in this process: the tensors go straight to it, no copy.
                 self.llm.collective_rpc(_reload_on_worker, args=(self._cast(named),))
             else:
@@ -204,9 +210,12 @@ class VLLMEngine(Engine):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), _launch_group_kept():
             llm.llm_engine.engine_core.shutdown()
         del llm
+        if self.workers_apart:
+            gc.collect()  # vLLM's distributed world lived in its worker processes and went with them
+            return
         with contextlib.suppress(Exception):
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
@@ -308,6 +317,36 @@ def _completion(output) -> Completion:
     token_ids = list(output.token_ids)
     logprobs = [step[token].logprob for step, token in zip(output.logprobs, token_ids)]
     return Completion(text=output.text, token_ids=token_ids, logprobs=logprobs, finish_reason=output.finish_reason)
+
+
+# What torchrun / accelerate launch tell each rank; vLLM's worker processes inherit the environment.
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                    "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+@contextlib.contextmanager
+def _apart_from_the_launch():
+    """vLLM's workers start without the launch's rank variables, so they form a distributed world of their own."""
+    saved = {name: os.environ.pop(name) for name in LAUNCH_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _launch_group_kept():
+    """vLLM's engine teardown destroys torch.distributed's default group, believing it its own; under a launch it is
+    the launch's, which rank 0 still needs (to stop the other ranks), so it is hidden from that teardown."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        yield
+        return
+    is_initialized = torch.distributed.is_initialized
+    torch.distributed.is_initialized = lambda: False
+    try:
+        yield
+    finally:
+        torch.distributed.is_initialized = is_initialized
 
 
 @contextlib.contextmanager

@@ -1,23 +1,23 @@
 """Data-parallel learning under `torchrun` / `accelerate launch`: rank 0 is the daemon, the other ranks follow.
 
 Rank 0 does everything a single-process run does (lock, store, rollouts, sandbox, saves, notifiers). Every update it
-sends the whole batch of rollouts to the followers; each rank trains on its own deterministic share and DDP averages
-the gradients, scaled so that the update equals the single-process one. Followers keep no state of their own: they
-load the resume state rank 0 names at start and then only ever apply the updates rank 0 orders, so killing any rank
-loses at most the step in flight, which rank 0 never committed.
+sends the whole batch of rollouts to the followers; each rank trains on its own deterministic share and DDP (or FSDP,
+`train.sharding: fsdp`) averages the gradients, scaled so that the update equals the single-process one. Followers
+keep no state of their own: they load the resume state rank 0 names at start and then only ever apply the updates rank
+0 orders, so killing any rank loses at most the step in flight, which rank 0 never committed. With FSDP no rank holds
+the whole weights: when rank 0 needs them (engine sync, checkpoint, resume state) it orders the others to gather with
+it.
 
-Only DDP (accelerate's MULTI_GPU / MULTI_CPU) is supported: FSDP and DeepSpeed shard the weights or the optimizer,
-and rank 0 alone could not then save them or sync its engine.
+The launch itself is torchrun's or accelerate's (MULTI_GPU / MULTI_CPU); accelerate's own FSDP and DeepSpeed modes are
+refused: botlab shards with torch's FSDP2 itself, which runs on gloo too.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ORDER_TIMEOUT = timedelta(days=7)
 SUPPORTED = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
 STAT_KEYS = ("loss", "entropy", "kl", "clip_fraction", "ratio_mean")
+GATHERS = ("named_weights", "trainable_state", "state_dict")  # Learner methods that are collectives when sharded
 
 
 class UnsupportedLaunch(Exception):
@@ -50,19 +51,16 @@ def launch_rank() -> int:
 def launch_problem(team: TeamConfig) -> str | None:
     """Why `team` cannot run (alone or under this launch), if it cannot: checked by every rank before it loads
     anything."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if team.train.sharding == "fsdp":
-        # `botlab plan` sizes a sharded learner; the learner does not shard yet, and a silent DDP would not fit.
-        return ("train.sharding is fsdp, which `botlab plan` sizes but the learner cannot do yet (it runs DDP under a "
-                "launch): set train.sharding: ddp or none, or turn on model.lora")
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return None
-    engine = team.model.engine
-    if engine == "vllm" or (engine == "auto" and importlib.util.find_spec("vllm") is not None):
-        # vLLM in-process builds its parallel groups on torch.distributed's default group when one exists: the
-        # launch's, whose other ranks never join them.
-        return (f"model.engine is {engine!r}: vLLM would run inside rank 0 and take over the launch's process group; "
-                "under torchrun / accelerate launch set model.engine: transformers, or server (vLLM in servers of "
-                "its own)")
+        if team.model.lora.enabled:
+            return ("train.sharding is fsdp with model.lora on: LoRA's adapters are small enough for every rank to "
+                    "hold whole; set train.sharding: ddp (or none on one GPU)")
+        if not launched:
+            # One process would hold the whole learner that `botlab plan` sized in shards.
+            return ("train.sharding is fsdp, which shards the learner over the ranks of a launch: start it with "
+                    "`torchrun --nproc-per-node N -m botlab.cli run TEAM.yaml` (or `accelerate launch`), or set "
+                    "train.sharding: none")
     return None
 
 
@@ -70,10 +68,12 @@ def launch_problem(team: TeamConfig) -> str | None:
 class Order:
     """What rank 0 tells the followers: start (from a resume state), train one update, or stop."""
 
-    kind: str
+    kind: str  # start | train | gather | stop
     step: int
-    fingerprint: float  # of rank 0's weights before the order: a follower that differs must not go on
+    # Of rank 0's weights before the order (None when sharded): a follower whose own differs must not go on.
+    fingerprint: float | None
     resume: str | None = None
+    gather: str | None = None  # the Learner method whose collective rank 0 is about to enter
     rollouts: list[Rollout] | None = None
     batch_tokens: int | None = None
 
@@ -122,7 +122,7 @@ def train_share(learner: Learner, rollouts: list[Rollout], batch_tokens: int | N
     learner.optimizer.zero_grad(set_to_none=True)
     for i, chunk in enumerate(mine):
         # Gradients accumulate locally; the last pass sums them across ranks.
-        with nullcontext() if i == passes - 1 else accelerator.no_sync(learner.model):
+        with learner.gradient_sync(i == passes - 1):
             stats = learner._accumulate(chunk, total_tokens / world)
         idle = i >= len(plans[rank])
         weight = 0.0 if idle else sum(len(r.completion_ids) for r in chunk) / total_tokens
@@ -144,8 +144,11 @@ def _share_of(rollouts: list[Rollout], rank: int, world: int) -> list[Rollout]:
     return ordered[rank::world]
 
 
-def fingerprint(learner: Learner) -> float:
-    """The squared norm of the trained weights: equal on every rank while they hold the same weights."""
+def fingerprint(learner: Learner) -> float | None:
+    """The squared norm of the trained weights: equal on every rank while they hold the same weights. None when
+    sharded: each rank holds a different slice, placed from the same resume state by every rank."""
+    if learner.sharded:
+        return None
     return sum(float(t.double().pow(2).sum()) for t in learner.trainable_state().values())
 
 
@@ -171,6 +174,28 @@ class LeadingLearner:
         self.orders.send(Order("train", self.store.last_step() + 1, fingerprint(self.learner), rollouts=rollouts,
                                batch_tokens=batch_tokens))
         return train_share(self.learner, rollouts, batch_tokens)
+
+    # With FSDP these gather the whole weights, which every rank must enter together.
+
+    def named_weights(self):
+        self._gathering("named_weights")
+        return self.learner.named_weights()
+
+    def trainable_state(self) -> dict:
+        self._gathering("trainable_state")
+        return self.learner.trainable_state()
+
+    def state_dict(self) -> dict:
+        self._gathering("state_dict")
+        return self.learner.state_dict()
+
+    def save_pretrained(self, folder: Path, tokenizer) -> None:
+        self._gathering("named_weights")  # the one collective inside
+        self.learner.save_pretrained(folder, tokenizer)
+
+    def _gathering(self, method: str) -> None:
+        if self.learner.sharded:
+            self.orders.send(Order("gather", self.store.last_step(), None, gather=method))
 
     def stop_followers(self) -> None:
         self.orders.send(Order("stop", self.store.last_step(), fingerprint(self.learner)))
@@ -224,7 +249,8 @@ def follow(team: TeamConfig) -> int:
         if order.kind == "start" and order.resume:
             load_resume_state(Path(order.resume), learner)
         mine = fingerprint(learner)
-        if not math.isclose(mine, order.fingerprint, rel_tol=1e-9):
+        if mine is not None and order.fingerprint is not None and not math.isclose(mine, order.fingerprint,
+                                                                                   rel_tol=1e-9):
             print(f"error (rank {rank}): my weights differ from rank 0's before its {order.kind} order for step "
                   f"{order.step} (fingerprints {mine!r} and {order.fingerprint!r}); stopping", file=sys.stderr)
             return 1
@@ -234,6 +260,10 @@ def follow(team: TeamConfig) -> int:
         elif order.kind == "train":
             stats = train_share(learner, order.rollouts, order.batch_tokens)
             log.info("step %d: trained this rank's share of %d sequences", order.step, stats["trained_sequences"])
+        elif order.kind == "gather" and order.gather in GATHERS:
+            result = getattr(learner, order.gather)()
+            for _ in result if order.gather == "named_weights" else ():  # a generator runs its collective when read
+                pass
         elif order.kind == "stop":
             log.info("rank 0 stopped after step %d", order.step)
             return 0

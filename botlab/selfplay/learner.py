@@ -2,6 +2,10 @@
 
 fp32 master weights, bf16 autocast for forward/backward, gradient accumulation over micro-batches so the batch size
 never bounds memory, optional LoRA (peft), device placement by accelerate (CPU, one GPU, or a launched multi-GPU run).
+Under a launch with `train.sharding: fsdp` the weights, gradients and AdamW state are sharded over the ranks with
+torch's FSDP2 (`fully_shard`, the same on NCCL and gloo; accelerate's FSDP plugin does not run on CPU, where botlab
+is tested). Whole weights are then gathered only for the engine, checkpoints and resume states, by every rank at once
+(botlab/selfplay/distributed.py orders the other ranks to join).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import copy
 import json
 import logging
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +22,9 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from botlab.config import ModelConfig, TrainConfig
 from botlab.selfplay.trr import clipped_policy_loss, token_logprobs
@@ -72,12 +80,33 @@ class Learner:
         self.reference = None
         if train_cfg.kl_coef > 0 and not self.lora:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        # Sharded only under a launch of several ranks (`launch_problem` refuses fsdp with LoRA).
+        self.sharded = train_cfg.sharding == "fsdp" and self.accelerator.num_processes > 1
+        if self.sharded:
+            model = _shard(model.to(self.device))
+            if self.reference is not None:
+                self.reference = _shard(self.reference.to(self.device))
+        # The optimizer is built over the sharded parameters: each rank keeps AdamW state for its shard only.
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.sharded:
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.reference is not None:
             self.reference = self.reference.to(self.device)
         self.model.train()
+
+    def shareable_model(self) -> torch.nn.Module | None:
+        """The module an in-process transformers engine may generate with, or None when this rank holds a shard."""
+        return None if self.sharded else self.accelerator.unwrap_model(self.model)
+
+    def gradient_sync(self, enabled: bool):
+        """Whether the next backward pass sums gradients across ranks (off while accumulating micro-batches)."""
+        if self.sharded:
+            self.model.set_requires_gradient_sync(enabled)
+            return nullcontext()
+        return nullcontext() if enabled else self.accelerator.no_sync(self.model)
 
     # --- the update -------------------------------------------------------------------------------------------------
 
@@ -189,6 +218,10 @@ class Learner:
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights under the base model's HF names (LoRA merged in), for the rollout engine."""
+        if self.sharded:
+            # A collective: every rank calls it; the whole weights land on rank 0's CPU, the others get nothing.
+            yield from self._full_state().items()
+            return
         model = self.accelerator.unwrap_model(self.model)
         if not self.lora:
             for name, param in model.state_dict().items():
@@ -218,9 +251,15 @@ class Learner:
         tokenizer.save_pretrained(folder)
 
     def state_dict(self) -> dict:
-        """Everything exact resume needs besides the model weights."""
+        """Everything exact resume needs besides the model weights. Sharded: a collective, whole on rank 0 only, the
+        optimizer state keyed by parameter name."""
+        if self.sharded:
+            whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=whole)
+        else:
+            optimizer = self.optimizer.state_dict()
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -230,7 +269,7 @@ class Learner:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(self._placed_optimizer_state(state["optimizer"]))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
@@ -239,16 +278,71 @@ class Learner:
         random.setstate(rng["python"])
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """fp32 weights that training changes (all, or only the LoRA adapters), for exact resume."""
+        """fp32 weights that training changes (all, or only the LoRA adapters), for exact resume. Sharded: a
+        collective, whole on rank 0 only."""
         model = self.accelerator.unwrap_model(self.model)
-        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        if self.sharded:
+            whole = self._full_state()
+            return {n: whole[n] for n in trained if n in whole}
+        params = dict(model.named_parameters())
+        return {n: params[n].detach() for n in trained}
 
     def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Whole weights in; a sharded rank keeps its own slice without asking the others (torch's loaders are
+        collectives, and the other ranks load at a different moment)."""
         model = self.accelerator.unwrap_model(self.model)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in tensors.items():
-                params[name].copy_(value)
+                param = params[name]
+                if isinstance(param, DTensor):
+                    param.to_local().copy_(_placed_like(value, param).to_local())
+                else:
+                    param.copy_(value)
+
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _placed_optimizer_state(self, saved: dict) -> dict:
+        """A saved optimizer state (by parameter name from a sharded run, else by index) for this optimizer, each
+        moment tensor placed like its parameter: resume works across none, ddp and fsdp."""
+        params = {n: p for n, p in self.accelerator.unwrap_model(self.model).named_parameters() if p.requires_grad}
+        names = list(params)  # the optimizer's order
+        by_index = all(isinstance(key, int) for key in saved["state"])
+        if by_index and not self.sharded:
+            return saved  # the form this optimizer writes itself
+        by_name = {names[i]: value for i, value in saved["state"].items()} if by_index else saved["state"]
+        state = {}
+        for index, name in enumerate(names):
+            if name in by_name:
+                state[index] = {key: _placed_like(value, params[name]) if torch.is_tensor(value) and value.dim() else
+                                value for key, value in by_name[name].items()}
+        groups, start = [], 0
+        for group, saved_group in zip(self.optimizer.param_groups, saved["param_groups"]):
+            count = len(group["params"])
+            groups.append({**saved_group, "params": list(range(start, start + count))})
+            start += count
+        return {"state": state, "param_groups": groups}
+
+
+def _shard(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2: each transformer block its own unit (gathered one at a time), the rest (embeddings, head) the root."""
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def _placed_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`value` (whole) as `param` holds it: this rank's slice of a sharded parameter, else on its device."""
+    if isinstance(param, DTensor):
+        # src_data_rank None: every rank has the whole tensor and cuts its own slice, with no communication.
+        return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements,
+                                 src_data_rank=None)
+    return value.to(param.device)
 
 
 def _split_by_temperature(chunk: list[Rollout]) -> list[list[Rollout]]:
