@@ -111,7 +111,8 @@ class ModelConfig(Strict):
         "Default: a temporary folder on this machine"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="weights dtype in the rollout engine; the learner keeps fp32 master weights"
+        "bfloat16", description="weights dtype in the rollout engine; the learner keeps fp32 master weights "
+        "(with LoRA the frozen base is loaded in this dtype, the adapters fp32)"
     )
     max_model_len: int = Field(2048, ge=256, description="prompt + completion tokens the engine accepts")
     gpu_memory_utilization: float = Field(0.45, gt=0, le=1, description="vLLM share of GPU memory (colocated learner)")

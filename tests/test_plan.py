@@ -287,9 +287,9 @@ def test_run_refuses_fsdp_outside_a_launch_and_with_lora(tmp_path, monkeypatch):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_learner_estimate_agrees_with_a_measured_update_on_cpu(tmp_path, builtin_model_dir, lora):
     """Two real train_steps of the embedded model on full-length rollouts, in a fresh process: peak RSS minus the RSS
-    after imports, against the plan's learner parts while training. The LoRA case keeps the base in fp32
-    (model.dtype float32), as the learner loads it today."""
-    lora_keys = ", dtype: float32, lora: {enabled: true}" if lora else ""
+    after imports, against the plan's learner parts while training. The LoRA case loads the frozen base in
+    model.dtype (bf16), the adapters in fp32, as the plan counts them."""
+    lora_keys = ", lora: {enabled: true}" if lora else ""
     team_file = write(tmp_path, f"""
         name: peak
         model: {{name: "builtin:smollm2-135m", engine: transformers, max_model_len: 256{lora_keys}}}

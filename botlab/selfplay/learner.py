@@ -31,6 +31,8 @@ from botlab.selfplay.trr import clipped_policy_loss, token_logprobs
 
 log = logging.getLogger(__name__)
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
 
 @dataclass
 class _Batch:
@@ -62,12 +64,14 @@ class Learner:
         self.cfg = train_cfg
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.lora = model_cfg.lora.enabled
+        # fp32 master weights; with LoRA the frozen base stays in model.dtype (peft keeps the adapters in fp32).
+        dtype = DTYPES[model_cfg.dtype] if self.lora else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         model.config.use_cache = False
         if train_cfg.gradient_checkpointing:
             # Non-reentrant: works with frozen inputs (LoRA) and with the transformers engine sharing this module.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.lora = model_cfg.lora.enabled
         if self.lora:
             from peft import LoraConfig as PeftLora, get_peft_model
 
