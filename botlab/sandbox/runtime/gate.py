@@ -11,6 +11,7 @@ import ast
 import re
 import types
 from dataclasses import dataclass, field
+from functools import cached_property
 
 # The AZR list (paper Fig. 8), plus everything that reaches the OS, the interpreter's internals, files, the
 # network, processes, clocks and randomness.
@@ -80,7 +81,7 @@ class Policy:
     banned_builtins: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_BANNED_BUILTINS))
     block_introspection: bool = True
 
-    @property
+    @cached_property  # asked for every job
     def contains_programs(self) -> bool:
         """True when the gate keeps programs off the interpreter's machinery (introspection, the OS, dynamic code),
         so that several may share one process, one after another (see may_share_a_process)."""

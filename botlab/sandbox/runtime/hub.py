@@ -383,11 +383,6 @@ class Hub:
     def _stop(self, process: "Process") -> None:
         """SIGKILL the process and whatever it started (nothing a program started may survive it); the kernel tears
         it down while the answer goes out, and _reap collects it."""
-        if process.status is None:
-            try:  # its teardown then waits for a free CPU instead of taking this one while the answer goes out
-                os.setpriority(os.PRIO_PROCESS, process.pid, 19)
-            except OSError:
-                pass
         if self._as_init():
             targets = [-1]  # every other process in this pid namespace (there is no standby while a job runs)
         else:  # its process group outlives it only with members
