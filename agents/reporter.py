@@ -18,7 +18,7 @@ from botlab.config import ReporterConfig
 
 log = logging.getLogger(__name__)
 
-PROMPTS = "reporter_prompts"
+PROMPTS = "reporter"
 AGENT_MAX_STEPS = 3
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -44,7 +44,7 @@ def tool_names() -> list[str]:
 
 
 def _tools(facts: dict[str, Any]) -> list:
-    """Read-only tools over the digest facts, which `botlab.digest.collect_facts` read from the store."""
+    """Read-only tools over the digest facts, which `botlab.reporting.digest.collect_facts` read from the store."""
     from smolagents import tool
 
     def pick(*keys: str) -> str:

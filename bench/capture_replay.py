@@ -19,6 +19,7 @@ from pathlib import Path
 
 from botlab.agents.solver import Solver
 from botlab.config import ExecutorConfig, SelfPlayConfig
+from botlab.rundir import STORE_NAME
 from botlab.sandbox import Executor
 
 VISIBLE = 3  # induction_visible of teams/demo-cpu.yaml, where the data comes from: the rest are hidden tests
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
     out, sources = Path(argv[0]), [Path(a) for a in argv[1:]]
     entries = []
     for i, source in enumerate(sources):
-        path = source / "botlab.sqlite" if source.is_dir() else source
+        path = source / STORE_NAME if source.is_dir() else source
         entries += read_store(path, f"run{i}")
     categorize(entries, TIMEOUT_S)
     with out.open("w", encoding="utf-8") as fh:

@@ -24,6 +24,7 @@ from botlab.config import TASK_TYPES, TeamConfig
 from botlab.daemon import run_team
 from botlab.evaluation import evaluate_model, latest_model_dir
 from botlab.models import resolve_model
+from botlab.rundir import STORE_NAME
 from botlab.selfplay import heldout
 from botlab.store import open_store
 
@@ -70,12 +71,12 @@ def run(team_file: Path, steps: int | None, minutes: float | None, window: int, 
 
     team = load_team(team_file)
     team.storage_dir = run_dir or Path(tempfile.mkdtemp(prefix="botlab-learning-"))
-    if (team.run_dir / "botlab.sqlite").exists():
+    if (team.run_dir / STORE_NAME).exists():
         raise SystemExit(f"{team.run_dir} already holds a run: the bench starts from a fresh run dir")
     code = run_team(team, steps=steps, minutes=minutes)
     if code != 0:
         raise SystemExit(f"the run failed (exit {code}); see {team.run_dir / 'logs' / 'botlab.log'}")
-    db = sqlite3.connect(team.run_dir / "botlab.sqlite")
+    db = sqlite3.connect(team.run_dir / STORE_NAME)
     try:
         last = db.execute("SELECT MAX(step) FROM steps").fetchone()[0] or 0
         window = max(1, min(window, last // 2 or 1))

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from botlab.daemon import run_team
+from botlab.rundir import STORE_NAME
 from botlab.teamfile import load_team
 
 COLUMNS = ["process/rss_mb", "process/children_rss_mb", "process/open_fds", "process/threads", "process/children",
@@ -71,14 +72,14 @@ def main() -> int:
     team = load_team(args.team)
     team.storage_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="botlab-soak-"))
     if args.report_only:
-        if not (team.run_dir / "botlab.sqlite").is_file():
+        if not (team.run_dir / STORE_NAME).is_file():
             print(f"error: --report-only: no run in {team.run_dir}")
             return 2
     else:
         code = run_team(team, steps=args.steps)
         if code != 0:
             return code
-    db = sqlite3.connect(team.run_dir / "botlab.sqlite")
+    db = sqlite3.connect(team.run_dir / STORE_NAME)
     table = per_step(db)
     if not table:
         print(f"error: no step in {team.run_dir} recorded process metrics")

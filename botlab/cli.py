@@ -182,7 +182,7 @@ def status(team_file: TeamArg, as_json: JsonOpt = False) -> None:
 
 
 def _print_status(info: dict) -> None:
-    from botlab.digest import eval_text
+    from botlab.reporting.digest import eval_text
 
     table = Table(title=f"botlab team {info['team']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -256,7 +256,7 @@ def digest(
 ) -> None:
     """Render the progress digest now (and send it with --send)."""
     team = _team(team_file)
-    from botlab.notifiers.commands import digest_now
+    from botlab.reporting.cli import digest_now
 
     raise typer.Exit(digest_now(team, send=send, console=console))
 
@@ -265,7 +265,7 @@ def digest(
 def feedback(team_file: TeamArg, text: Annotated[str, typer.Argument(help="what you want the team to change")]) -> None:
     """Steer the team from the terminal: the same path as a reply to a digest by email or Nostr."""
     team = _team(team_file)
-    from botlab.notifiers.commands import local_feedback
+    from botlab.reporting.cli import local_feedback
 
     raise typer.Exit(local_feedback(team, text, console=console))
 
@@ -274,7 +274,7 @@ def feedback(team_file: TeamArg, text: Annotated[str, typer.Argument(help="what 
 def inbox(team_file: TeamArg) -> None:
     """Read replies on every channel once, apply them and answer them, without loading a model or training."""
     team = _team(team_file)
-    from botlab.notifiers.commands import read_inbox
+    from botlab.reporting.cli import read_inbox
 
     raise typer.Exit(read_inbox(team, console=console))
 

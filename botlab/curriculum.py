@@ -250,7 +250,8 @@ def apply_directive(curriculum: Curriculum, directive: Directive) -> tuple[Curri
 COMMANDS = ("focus", "unfocus", "weights", "harder", "easier", "rule", "pause", "resume", "digest")
 HELP = (
     "/focus abduction (or a topic: /focus string manipulation), /unfocus, /weights deduction=2 induction=0.5, "
-    "/harder, /easier, /rule <a rule for the reviewer>, /rule clear, /pause, /resume, /digest"
+    "/harder, /easier, /rule <a rule for the reviewer>, /rule clear, /pause, /resume, /digest; "
+    "a message that starts with /status gets the short status, with /ask <question> the model's answer (Nostr, if on)"
 )
 # A command starts a line or follows whitespace: "/pause" or "thanks /harder". Unknown "/words" are reported.
 _COMMAND_START = re.compile(r"(?:(?<=\s)|^)/([A-Za-z]+)\b")

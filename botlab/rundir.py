@@ -1,7 +1,7 @@
 """What a run directory (STORAGE_DIR/NAME) holds that several modules must agree on: the store's file name, the
 daemon's lock, and the keys of the store's key-value table that the daemon writes and others read.
 
-Kept free of heavy imports: `botlab status` and the notifiers read these without loading torch.
+Kept free of heavy imports: `botlab status` and the reporter read these without loading torch.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ PHASE_KEY = "phase"  # what the daemon is doing, e.g. "step 3/10: solve"
 STARTED_AT_KEY = "started_at"  # when the current (or last) daemon started; status counts errors since then
 ENGINE_KEY = "engine"  # {"name", "why"}: the rollout engine the daemon chose, and why
 SEEDING_DONE_KEY = "seeding_done"  # the seed set was gathered; a resumed run never seeds again
+WARM_START_DONE_KEY = "warm_start_done"  # selfplay.warm_start ran (its weights are step 0's resume state)
 RESUME_KEY = "resume_state"  # the learner state of the last committed step, relative to the run dir (older: absolute)
 RUN_LAST_STEP_KEY = "run_last_step"  # the step the current `botlab run` stops after (its --steps)
 LAST_EVAL_KEY = "last_eval"  # the newest evaluation result per suite
-NEXT_DIGEST_KEY = "next_digest_at"  # when the reporter's schedule sends the next digest (notifiers/service.py)
+NEXT_DIGEST_KEY = "next_digest_at"  # when the reporter's schedule sends the next digest (botlab/reporting/service.py)
 # {recipient hex: {"npub", "relays", "checked_at"}}: each Nostr recipient's DM relays (NIP-17 kind 10050), [] = none
 NOSTR_DM_RELAYS_KEY = "nostr/dm_relays"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
-from botlab.digest import held_out_scores
+from botlab.reporting.digest import held_out_scores
 from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, LAST_EVAL_KEY, NEXT_DIGEST_KEY, PHASE_KEY
 from botlab.rundir import NOSTR_DM_RELAYS_KEY, RESUME_KEY, STARTED_AT_KEY, STORE_NAME, daemon_alive
 from botlab.selfplay import heldout

@@ -11,8 +11,6 @@ from rich.table import Table
 from botlab.config import POLICY, TRAINED_ROLES, TeamConfig
 
 COLUMNS = ("role", "model", "tools", "prompts", "trains")
-# Each role's prompt templates: agents/NAME.yaml (agents/prompts.py loads them by this name).
-PROMPTS = {"proposer": "proposer", "solver": "solver", "reviewer": "reviewer", "reporter": "reporter_prompts"}
 
 
 @dataclass(frozen=True)
@@ -33,10 +31,10 @@ def role_rows(team: TeamConfig) -> list[RoleRow]:
 
     roles = team.roles
     policy = f"{POLICY} ({team.model.name})"
-    folder = Path(prompts.__file__).parent
+    folder = Path(prompts.__file__).parent  # each role's prompt templates: agents/ROLE.yaml
 
     def row(role: str, model: str, tools: list[str]) -> RoleRow:
-        return RoleRow(role, model, ", ".join(tools) or "-", _shown(folder / f"{PROMPTS[role]}.yaml"),
+        return RoleRow(role, model, ", ".join(tools) or "-", _shown(folder / f"{role}.yaml"),
                        "yes" if role in TRAINED_ROLES else "no")
 
     def model_of(cfg) -> str:

@@ -10,7 +10,7 @@ from botlab.curriculum import (
     Curriculum, Easier, Focus, Harder, Pause, ReviewerRule, SetWeights, apply_directive, load_curriculum,
     parse_commands, save_curriculum, validate_directives,
 )
-from botlab.notifiers.feedback import DIGEST_REQUESTED_KEY, apply_pending, record
+from botlab.reporting.feedback import DIGEST_REQUESTED_KEY, apply_pending, record
 from botlab.notifiers.replies import Incoming
 from botlab.store import Store
 

@@ -13,7 +13,7 @@ import pytest
 
 from botlab.agents.reporter import check_narrative, write_narrative
 from botlab.config import TeamConfig
-from botlab.digest import collect_facts, email_message, render, render_chart, standalone_html, template_narrative
+from botlab.reporting.digest import collect_facts, email_message, render, render_chart, standalone_html, template_narrative
 from botlab.store import Store
 
 TYPES = ("deduction", "abduction", "induction")

@@ -12,7 +12,7 @@ from botlab.curriculum import (
     ClearFocus, Curriculum, DigestNow, Easier, Focus, Harder, Pause, Resume, ReviewerRule, SetWeights, load_curriculum,
     save_curriculum,
 )
-from botlab.notifiers.feedback import apply_pending, record
+from botlab.reporting.feedback import apply_pending, record
 from botlab.notifiers.replies import Incoming
 from botlab.phrases import read_phrases
 from botlab.store import Store
@@ -219,7 +219,7 @@ def test_a_message_that_cannot_be_applied_is_answered_and_does_not_block_the_nex
 
 
 def test_the_digest_curriculum_line_shows_per_type_difficulty():
-    from botlab.digest import DigestFacts, _curriculum_line
+    from botlab.reporting.digest import DigestFacts, _curriculum_line
 
     c = Curriculum(difficulty=1, type_difficulty={"deduction": 1, "abduction": 0})
     facts = DigestFacts(team="t", goal="", number=1, created_at=0, since=None, first_step=None, last_step=None,

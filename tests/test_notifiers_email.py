@@ -19,7 +19,7 @@ from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
 from botlab.notifiers.mail import CURSOR_KEY
 from botlab.notifiers.secrets import NotifierConfigError
-from botlab.notifiers.service import Reporter
+from botlab.reporting.service import Reporter
 from botlab.store import Store
 from tests.test_digest import record_steps
 
@@ -270,7 +270,7 @@ def test_missing_secrets_and_files_name_the_field(tmp_path, mail_peers, monkeypa
 
 async def _digest_sent_then_replied(tmp_path, mail_env, body: str) -> TeamConfig:
     """`botlab digest --send` before any daemon ran, then the human replies while nothing listens."""
-    from botlab.notifiers.commands import digest_now
+    from botlab.reporting.cli import digest_now
     from botlab.store import open_store
 
     team = email_team(tmp_path, mail_env)
@@ -287,7 +287,7 @@ async def _digest_sent_then_replied(tmp_path, mail_env, body: str) -> TeamConfig
 
 @pytest.mark.parametrize("reader", ["daemon", "inbox"])
 async def test_a_reply_before_the_first_daemon_start_is_applied(tmp_path, mail_env, reader):
-    from botlab.notifiers.commands import read_inbox
+    from botlab.reporting.cli import read_inbox
     from botlab.store import open_store
 
     team = await _digest_sent_then_replied(tmp_path, mail_env, "deduction is too easy")
@@ -310,7 +310,7 @@ async def test_a_reply_before_the_first_daemon_start_is_applied(tmp_path, mail_e
 
 async def test_the_read_position_survives_a_mail_server_that_was_down_at_the_first_digest(tmp_path, mail_env):
     """No cursor could be stored when the digest went out: the first read starts at the first digest's day."""
-    from botlab.notifiers.commands import read_inbox
+    from botlab.reporting.cli import read_inbox
     from botlab.store import open_store
 
     team = await _digest_sent_then_replied(tmp_path, mail_env, "/harder")
@@ -322,7 +322,7 @@ async def test_the_read_position_survives_a_mail_server_that_was_down_at_the_fir
 
 
 async def test_a_reply_that_changes_nothing_is_answered_by_mail(tmp_path, mail_env):
-    from botlab.notifiers.commands import read_inbox
+    from botlab.reporting.cli import read_inbox
     from botlab.store import open_store
 
     team = await _digest_sent_then_replied(tmp_path, mail_env, "The string tasks are too easy.")
@@ -341,7 +341,7 @@ async def test_a_reply_that_changes_nothing_is_answered_by_mail(tmp_path, mail_e
 
 async def test_an_answer_is_not_lost_to_a_crash_after_applying(reporter, store, mail_env):
     """The poll applied a reply and died before enqueuing its answer: the next poll sends the answer, once."""
-    from botlab.notifiers.feedback import apply_pending, record
+    from botlab.reporting.feedback import apply_pending, record
     from botlab.notifiers.replies import Incoming
 
     record(store, Incoming(channel="email", external_id="<r1@example.test>", sender=mail_env.human,

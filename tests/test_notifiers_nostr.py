@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
 from botlab.notifiers.secrets import NotifierConfigError
-from botlab.notifiers.service import Reporter
+from botlab.reporting.service import Reporter
 from botlab.store import Store
 from tests.fixtures.nostr import Human, wait_relay_connected
 from tests.test_digest import record_steps
@@ -202,7 +202,7 @@ async def test_a_dm_before_the_first_daemon_start_is_read_by_botlab_inbox(tmp_pa
 
     from rich.console import Console
 
-    from botlab.notifiers.commands import digest_now, read_inbox
+    from botlab.reporting.cli import digest_now, read_inbox
     from botlab.store import open_store
 
     team = nostr_team(tmp_path, nostr_relay, nostr_human)
@@ -376,7 +376,7 @@ async def test_ask_by_dm_and_by_job_request_is_answered_by_the_current_model(tmp
     """/ask by NIP-17 DM and a NIP-90 kind-5050 request, answered by the policy on the real engine; the DM waits
     for the tick (the engine is the trainer's between ticks), the rate limit refuses a second question."""
     from botlab.agents.policy_model import PolicyModel
-    from botlab.notifiers.feedback import ask_model
+    from botlab.reporting.feedback import ask_model
 
     policy = PolicyModel(transformers_engine)
     customer = Human(nostr_relay.url)

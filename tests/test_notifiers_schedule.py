@@ -11,8 +11,9 @@ from rich.console import Console
 from botlab.config import TeamConfig
 from botlab.curriculum import load_curriculum
 from botlab.notifiers import outbox
-from botlab.notifiers.commands import digest_now, local_feedback
-from botlab.notifiers.service import NEXT_DIGEST_KEY, Reporter
+from botlab.reporting.cli import digest_now, local_feedback
+from botlab.reporting.feedback import short_status
+from botlab.reporting.service import NEXT_DIGEST_KEY, Reporter
 from botlab.store import open_store
 from tests.test_digest import record_steps
 
@@ -101,6 +102,20 @@ async def test_feedback_stored_while_the_daemon_is_away_is_applied_by_the_next_p
     assert load_curriculum(store).paused
     assert "training paused" in screen.file.getvalue()
     assert local_feedback(team, "   ", screen) == 2
+
+
+def test_status_from_the_command_line_gets_the_short_status(team, store, screen):
+    """`botlab feedback "/status"` is answered as a Nostr DM's /status is; /ask says why no model answers here."""
+    record_steps(store, [1, 2])
+    assert local_feedback(team, "/status", screen) == 0
+    status = store.query("SELECT status, response FROM feedback ORDER BY id")[-1]
+    assert status["status"] == "answered" and status["response"] == short_status(store, team)
+    assert "botlab demo: " in status["response"] and "step 2 of 500" in status["response"]
+    assert local_feedback(team, "/ask what is 2+2?", screen) == 0
+    ask = store.query("SELECT status, response FROM feedback ORDER BY id")[-1]
+    assert ask["status"] == "ignored" and ask["response"] == "/ask is off for this team (notifiers.nostr.ask.enabled)"
+    printed = screen.file.getvalue()
+    assert "not a command" not in printed and status["response"] in printed
 
 
 def test_outbox_backoff_doubles_up_to_an_hour():

@@ -160,7 +160,7 @@ def test_the_reviewers_llm_pass_runs_on_a_litellm_model(vllm_server_url, sandbox
 def test_a_digest_narrative_from_a_litellm_model_with_an_api_key(vllm_server_url, tmp_path, monkeypatch):
     """The reporter on 'openai/NAME' with api_base and api_key_env (the OpenAI client refuses to call without a
     key): the digest's narrative agent talks to the server; its text is checked as any model's is."""
-    from botlab.notifiers.service import Reporter
+    from botlab.reporting.service import Reporter
     from tests.test_digest import record_steps
 
     monkeypatch.setenv(KEY_ENV, "local-key")

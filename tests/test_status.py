@@ -104,7 +104,7 @@ def test_a_moved_run_dir_still_finds_its_state(tmp_path):
 
 def test_status_shows_the_curriculum_and_what_each_feedback_changed(tmp_path, monkeypatch):
     from botlab import cli
-    from botlab.notifiers.feedback import apply_pending, record
+    from botlab.reporting.feedback import apply_pending, record
     from botlab.notifiers.replies import Incoming
 
     path = team_file(tmp_path)

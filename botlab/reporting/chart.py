@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from botlab.digest import DigestFacts
+    from botlab.reporting.digest import DigestFacts
 
 CHART_WIDTH_PX = 480  # the CSS width the HTML shows the chart at, at most (it shrinks with the screen)
 _WIDTH_IN, _PANEL_IN, _DPI = 4.8, 2.0, 200  # 4.8 in at 100 px/in = CHART_WIDTH_PX; drawn at 2x

@@ -1,5 +1,5 @@
-"""`botlab digest`, `botlab feedback` and `botlab inbox`: the reporter from the command line. Each returns the exit
-code."""
+"""`botlab digest`, `botlab feedback` and `botlab inbox`: the reporter from the command line (these are CLI
+commands; the slash commands of a reply are botlab.curriculum's). Each returns the exit code."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import uuid
 from rich.console import Console
 from rich.text import Text
 
-from botlab.agents.reporter import interpret_feedback, make_reporter_model
+from botlab.agents.reporter import make_reporter_model
 from botlab.config import TeamConfig
-from botlab.digest import email_message, standalone_html
 from botlab.notifiers import outbox
 from botlab.notifiers.console import write_atomic
-from botlab.notifiers.feedback import DIGEST_REQUESTED_KEY, apply_one, record
 from botlab.notifiers.replies import Incoming
 from botlab.notifiers.secrets import NotifierConfigError
-from botlab.status import daemon_alive
+from botlab.reporting.digest import email_message, from_address, standalone_html
+from botlab.reporting.feedback import (
+    DIGEST_REQUESTED_KEY, answer_request, apply_one, interpreter_for, record, request_kind, requests_for,
+)
+from botlab.rundir import STORE_NAME, daemon_alive
 from botlab.store import StoreError, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -27,7 +29,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def digest_now(team: TeamConfig, send: bool, console: Console) -> int:
     """Render the digest now (written to RUN_DIR/digests/preview.*); with send, store and send it."""
     run_dir = team.run_dir
-    if not (run_dir / "botlab.sqlite").exists():
+    if not (run_dir / STORE_NAME).exists():
         console.print(f"team {team.name} has not run yet ({run_dir} has no database): nothing to report")
         return EXIT_FAILED
     try:
@@ -49,12 +51,12 @@ def _refused(err: NotifierConfigError | StoreError, console: Console) -> int:
 
 
 async def _preview(team: TeamConfig, store, console: Console) -> int:
-    from botlab.notifiers.service import Reporter
+    from botlab.reporting.service import Reporter
 
     _, digest = await Reporter(team, store).preview()
     folder = team.run_dir / "digests"
     folder.mkdir(parents=True, exist_ok=True)
-    from_addr = team.notifiers.email.from_addr if team.notifiers.email else "botlab@localhost"
+    from_addr = from_address(team)
     write_atomic(folder / "preview.html", standalone_html(digest))
     write_atomic(folder / "preview.txt", digest.text)
     write_atomic(folder / "preview.eml", email_message(digest, from_addr, from_addr, "<preview@botlab>").as_string())
@@ -65,7 +67,7 @@ async def _preview(team: TeamConfig, store, console: Console) -> int:
 
 
 async def _send(team: TeamConfig, store, console: Console) -> int:
-    from botlab.notifiers.service import Reporter
+    from botlab.reporting.service import Reporter
 
     reporter = Reporter(team, store, console=console)
     await reporter.start(listen=False)
@@ -81,7 +83,7 @@ async def _send(team: TeamConfig, store, console: Console) -> int:
 
 def read_inbox(team: TeamConfig, console: Console) -> int:
     """`botlab inbox`: read every channel once, store and apply what arrived, answer it; no model is loaded."""
-    if not (team.run_dir / "botlab.sqlite").exists():
+    if not (team.run_dir / STORE_NAME).exists():
         console.print(f"team {team.name} has not run yet ({team.run_dir} has no database): no digest to reply to")
         return EXIT_FAILED
     try:
@@ -104,7 +106,7 @@ def read_inbox(team: TeamConfig, console: Console) -> int:
 
 
 async def _read_inbox(team: TeamConfig, store, console: Console) -> None:
-    from botlab.notifiers.service import Reporter
+    from botlab.reporting.service import Reporter
 
     reporter = Reporter(team, store, console=console)  # 'policy' needs the daemon's engine: the grammar reads
     await reporter.start(listen=False)
@@ -117,7 +119,8 @@ async def _read_inbox(team: TeamConfig, store, console: Console) -> None:
 
 
 def local_feedback(team: TeamConfig, text: str, console: Console) -> int:
-    """Store the text as feedback (channel "cli") and apply it now, unless a running team will."""
+    """Store the text as feedback (channel "cli") and apply it now, unless a running team will. /status is
+    answered here at once (it only reads the store), running team or not."""
     if not text.strip():
         console.print("[red]error:[/red] the feedback text is empty")
         return EXIT_USAGE
@@ -125,12 +128,16 @@ def local_feedback(team: TeamConfig, text: str, console: Console) -> int:
         with open_store(team.run_dir) as store:
             message = Incoming(channel="cli", external_id=f"cli-{uuid.uuid4()}", sender=_user(), text=text.strip())
             feedback_id = record(store, message)
-            if daemon_alive(team.run_dir):
+            kind = request_kind(message.text)
+            if kind != "status" and daemon_alive(team.run_dir):
                 console.print(f"feedback #{feedback_id} stored; the running team applies it at its next poll")
                 return EXIT_OK
-            model = make_reporter_model(team.roles.reporter)  # 'policy' needs the daemon's engine: keywords here
-            interpreter = (lambda words, cur: interpret_feedback(model, words, cur)) if model is not None else None
-            response = apply_one(store, feedback_id, message.text, interpreter)
+            if kind is not None:  # /status, or /ask with no team running: answered as a channel's request is
+                row = store.query("SELECT * FROM feedback WHERE id = ?", (feedback_id,))[0]
+                response = answer_request(store, row, kind, requests_for(store, team))
+            else:
+                model = make_reporter_model(team.roles.reporter)  # 'policy' needs the daemon's engine: keywords here
+                response = apply_one(store, feedback_id, message.text, interpreter_for(model))
     except StoreError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return EXIT_FAILED

@@ -22,7 +22,7 @@ from typing import Any
 
 from botlab.config import TeamConfig
 from botlab.curriculum import HELP, Curriculum, load_curriculum
-from botlab.digest_chart import CHART_WIDTH_PX, render_chart
+from botlab.reporting.chart import CHART_WIDTH_PX, render_chart
 from botlab.rundir import LAST_EVAL_KEY, RUN_LAST_STEP_KEY
 from botlab.selfplay.summary import StepSummary
 from botlab.store import Store
@@ -687,6 +687,13 @@ def standalone_html(digest: RenderedDigest) -> str:
         return digest.html
     data = base64.b64encode(digest.chart_png).decode()
     return digest.html.replace(f"cid:{CHART_CID}", f"data:image/png;base64,{data}")
+
+
+def from_address(team: TeamConfig) -> str:
+    """The address digests and answers come from: notifiers.email.from_addr, else one that can never be delivered
+    (the console's .eml files and previews still need a From)."""
+    email = team.notifiers.email
+    return email.from_addr if email is not None else f"botlab@{team.name}.invalid"
 
 
 def email_message(digest: RenderedDigest, from_addr: str, to: str, message_id: str,

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from botlab.agents.reporter import interpret_feedback
 from botlab.curriculum import (
     Curriculum, DigestNow, apply_directive, load_curriculum, parse_commands, save_curriculum, validate_directives,
 )
@@ -44,6 +45,29 @@ class Requests:
     why_no_ask: str = "/ask is not enabled for this team"
     asks_per_hour: int = 5
     ask_channels: tuple[str, ...] = ("nostr",)
+
+
+def interpreter_for(model: Any) -> Interpreter | None:
+    """The reporter model's reading of plain words; None without a model (the phrase grammar reads them)."""
+    if model is None:
+        return None
+    return lambda text, curriculum: interpret_feedback(model, text, curriculum)
+
+
+def requests_for(store: Store, team: Any, policy: Any = None) -> Requests:
+    """How /status and /ask are answered here; policy: the model being trained (only the daemon has one)."""
+    nostr = team.notifiers.nostr
+    ask_cfg = nostr.ask if nostr is not None else None
+    requests = Requests(status=lambda: short_status(store, team))
+    if ask_cfg is None or not ask_cfg.enabled:
+        requests.why_no_ask = "/ask is off for this team (notifiers.nostr.ask.enabled)"
+    elif policy is None:
+        requests.why_no_ask = "/ask is answered only while the team runs (botlab run): no model is loaded now"
+    else:
+        requests.ask = lambda question: ask_model(policy, question, ask_cfg.max_tokens)
+        requests.asks_per_hour = ask_cfg.per_hour
+        requests.why_no_ask = "/ask is answered only by Nostr DM"
+    return requests
 
 
 def request_kind(text: str) -> str | None:

@@ -17,24 +17,26 @@ from typing import Any
 
 from rich.console import Console
 
-from botlab.agents.reporter import interpret_feedback, make_reporter_model, write_narrative
+from botlab.agents.reporter import make_reporter_model, write_narrative
 from botlab.config import TeamConfig
 from botlab.curriculum import HELP
-from botlab.digest import (
-    DigestFacts, RenderedDigest, collect_facts, email_message, render, standalone_html, template_narrative,
-)
 from botlab.notifiers import outbox
 from botlab.notifiers.console import ConsoleChannel
-from botlab.notifiers.feedback import (
-    ANSWERED as REQUEST_ANSWERED, DIGEST_REQUESTED_KEY, Requests, apply_pending, ask_model, record, request_kind,
-    short_status,
-)
 from botlab.notifiers.mail import EmailChannel, digest_message_id
+from botlab.reporting.digest import (
+    DigestFacts, RenderedDigest, collect_facts, email_message, from_address, render, standalone_html,
+    template_narrative,
+)
+from botlab.reporting.feedback import (
+    ANSWERED as REQUEST_ANSWERED, DIGEST_REQUESTED_KEY, apply_pending, interpreter_for, record, request_kind,
+    requests_for,
+)
+from botlab.rundir import NEXT_DIGEST_KEY
 from botlab.store import Store
 
 log = logging.getLogger(__name__)
 
-DIGEST_AT_KEY, POLL_AT_KEY, NEXT_DIGEST_KEY = "schedule/digest_at", "schedule/poll_at", "next_digest_at"
+DIGEST_AT_KEY, POLL_AT_KEY = "schedule/digest_at", "schedule/poll_at"
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)  # long Message-IDs must not be folded
 # Feedback that changed nothing is answered at once, not at the digest; so are /status and /ask.
 ANSWERED = ("question", "ignored", "error", REQUEST_ANSWERED)
@@ -47,6 +49,7 @@ class Reporter:
         self.team = team
         self.store = store
         self.model = make_reporter_model(team.roles.reporter, model)
+        self.interpreter = interpreter_for(self.model)
         self.policy = model  # the model being trained: it answers /ask (the daemon's only; None elsewhere)
         self.console = console
         self.dkim_dns = dkim_dns  # a DNS lookup for DKIM keys; None = real DNS (tests pass their own)
@@ -140,8 +143,7 @@ class Reporter:
 
     def _store_digest(self, facts: DigestFacts, digest: RenderedDigest, now: float) -> int:
         """The digest row, its feedback marked as reported and one outbox row per channel and recipient, at once."""
-        email = self.team.notifiers.email
-        from_addr = email.from_addr if email else f"botlab@{self.team.name}.invalid"
+        from_addr = from_address(self.team)
         digest_id = facts.number
         message_id = digest_message_id(from_addr, digest_id)
         with self.store.transaction() as db:
@@ -220,25 +222,6 @@ class Reporter:
 
     # --- feedback ----------------------------------------------------------------------------------------------------
 
-    def _interpreter(self):
-        if self.model is None:
-            return None
-        return lambda text, curriculum: interpret_feedback(self.model, text, curriculum)
-
-    def _requests(self) -> Requests:
-        """How /status and /ask are answered here."""
-        ask_cfg = self.team.notifiers.nostr.ask if self.team.notifiers.nostr is not None else None
-        requests = Requests(status=lambda: short_status(self.store, self.team))
-        if ask_cfg is None or not ask_cfg.enabled:
-            requests.why_no_ask = "/ask is off for this team (notifiers.nostr.ask.enabled)"
-        elif self.policy is None:
-            requests.why_no_ask = "/ask is answered only while the team runs (botlab run): no model is loaded now"
-        else:
-            requests.ask = lambda question: ask_model(self.policy, question, ask_cfg.max_tokens)
-            requests.asks_per_hour = ask_cfg.per_hour
-            requests.why_no_ask = "/ask is answered only by Nostr DM"
-        return requests
-
     async def _answer_live(self) -> None:
         """The daemon ticks between phases, and a phase can take minutes: read replies as they arrive (or every
         feedback_poll_every) and answer at once what needs no model (/status; commands, and plain words when the
@@ -275,8 +258,8 @@ class Reporter:
                         log.info("duplicate %s message %s ignored", message.channel, message.external_id)
                 await channel.commit_receive()
             self.store.put(POLL_AT_KEY, time.time())
-            applied = await asyncio.to_thread(apply_pending, self.store, self._interpreter(), self._requests(),
-                                              model_free)
+            applied = await asyncio.to_thread(apply_pending, self.store, self.interpreter,
+                                              requests_for(self.store, self.team, self.policy), model_free)
             self._enqueue_answers(time.time())
             return applied
 
