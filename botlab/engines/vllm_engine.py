@@ -245,6 +245,9 @@ def _reload_on_worker(worker, weights: Iterable[tuple[str, torch.Tensor]] | list
     tensor-parallel shards, CPU repacking)."""
     if isinstance(weights, list):
         weights = _file_tensors(weights)
+    # "Failed to load weights" for layers a checkpoint never holds (rotary tables, a head tied to the embeddings):
+    # expected at every sync, and a worker process apart would print it on the run's console.
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
     worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
     _repack_output_heads(worker.model_runner.get_model())
 
