@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import pytest
 
 from botlab.config import ExecutorConfig
@@ -93,6 +95,13 @@ def test_the_banned_list_comes_from_the_config():
     with Executor(ExecutorConfig(workers=1, extra_banned_modules=["heapq"])) as ex:
         [v] = ex.validate_many([("import heapq\ndef f(x):\n    return x", ["1"])])
     assert v.reason == "forbidden_import"
+
+
+def test_a_gate_that_bans_every_builtin_still_starts():
+    """Each program process warms up on a fixed job of ours before its own (runtime/hub.py): no ban may refuse it."""
+    every = [name for name in dir(builtins) if not name.startswith("_")]
+    with Executor(ExecutorConfig(workers=1, banned_builtins=every)) as ex:
+        assert ex.validate_many([("def f(a):\n    return [a, {a: (a,)}]", ["1"])]) == [Validation(True, ["[1, {1: (1,)}]"])]
 
 
 # --- deduction: the solver predicts the output -------------------------------------------------------------------

@@ -46,9 +46,10 @@ _JOBS = struct.Struct(">I")  # the one message a program process receives: its l
 STANDBY_NAME, PROGRAM_NAME = "botlab-standby", "botlab-program"  # process names: waiting for jobs, or has them
 # Run by every standby before it waits for its jobs, results thrown away: its first touches of the worker's memory
 # (copy-on-write faults, about 100 for even the smallest job) then happen before a job is sent, not while the
-# trainer waits. Fixed text of ours, one job of each kind; it leaves nothing the jobs could see (_warm_up).
+# trainer waits. Fixed text of ours, one job of each kind, with no builtin or import a configured gate could ban;
+# it leaves nothing the jobs could see (_warm_up).
 WARM_UP = (
-    {"kind": "run", "program": "def f(a, b):\n    return [a, b, {'k': (a, 2.5)}, {b}, str(b) * a]",
+    {"kind": "run", "program": "def f(a, b):\n    return [a, b, {'k': (a, 2.5)}, {b}, b * a]",
      "inputs": ["1, 'x'"]},
     {"kind": "check_output", "gold": "[1, 'x']", "answer": "[1, 'x']"},
     {"kind": "check_input", "program": "def f(a):\n    return a", "gold": "(1, 'x')", "answer": "(1, 'x')"},
@@ -127,7 +128,7 @@ class Hub:
         self.runs = 0
         # /proc shows this namespace's processes (so /proc/<child pid> is the child): the load-aware clock needs it
         self.own_proc = _own_proc()
-        self.warm_up = _pack_jobs([self.prepare(job) for job in WARM_UP])
+        self.warm_up = _pack_jobs([self._prepare_warm_up(job) for job in WARM_UP])
         self.standby: Process | None = None  # forked and confined ahead, waiting for its jobs
         self.used: Process | None = None  # ran jobs and was sent SIGKILL; not yet reaped
 
@@ -200,6 +201,12 @@ class Hub:
             golds = tuple(code("gold", gold) for _, gold in job["pairs"])
             return Job(kind, program, calls, golds, shareable=all(verdicts))
         raise ValueError(f"unknown job kind {kind!r}")
+
+    def _prepare_warm_up(self, job: dict) -> Job:
+        try:
+            return self.prepare(job)
+        except gate.Rejected as rejected:  # a gate configured to refuse even this: a bug of ours, said at start
+            raise RuntimeError(f"the sandbox's own warm-up job was refused: {rejected.detail}") from None
 
     def compiled(self, role: str, text: str):
         key = (role, text)
