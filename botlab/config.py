@@ -297,6 +297,30 @@ class RolesConfig(Strict):
 # --- self-play and training ------------------------------------------------------------------------------------------
 
 
+class WarmStartConfig(Strict):
+    """Expert iteration once per run, after seeding and before step 1 (botlab/selfplay/warm_start.py)."""
+
+    enabled: bool = Field(
+        False, description="before step 1, the solver answers every buffered task several times, the sandbox checks "
+        "the answers and the correct ones are trained with supervised fine-tuning (TRL's SFTTrainer, on the learner's "
+        "own weights); once per run, never on a resume"
+    )
+    rounds: int = Field(1, ge=1, description="sample, check and fine-tune rounds; each samples with the weights the "
+                        "round before left")
+    samples_per_task: int = Field(8, ge=1, description="solver answers sampled per buffered task in each round")
+    temperature: float | None = Field(
+        None, ge=0, description="sampling temperature of those answers. Default: roles.solver.temperature"
+    )
+    max_per_task: int = Field(
+        2, ge=1, description="distinct correct answers kept per task and round, so the easiest tasks (the zero "
+        "triplet) do not make up the whole fine-tuning set"
+    )
+    epochs: int = Field(2, ge=1, description="passes over each round's correct answers")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate of the fine-tuning, constant (its own optimizer: "
+                      "the learner's AdamW state is left as it was)")
+    batch_size: int = Field(8, ge=1, description="sequences per fine-tuning update")
+
+
 class SelfPlayConfig(Strict):
     task_types: list[TaskType] = Field(
         default_factory=lambda: list(TASK_TYPES), min_length=1, description="AZR's task types to train: deduction "
@@ -332,6 +356,11 @@ class SelfPlayConfig(Strict):
     )
     induction_inputs: int = Field(10, ge=2, description="inputs an induction proposal must give")
     induction_visible: int = Field(5, ge=1, description="of those, shown to the solver; the rest are hidden tests")
+
+    warm_start: WarmStartConfig = Field(
+        default_factory=WarmStartConfig, description="expert iteration on the seed set before step 1: the solver's "
+        "sandbox-verified answers trained with supervised fine-tuning (off by default)"
+    )
 
     @model_validator(mode="after")
     def _visible_below_inputs(self) -> "SelfPlayConfig":

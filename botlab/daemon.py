@@ -26,9 +26,9 @@ from botlab.observability import MetricsSink
 from botlab.progress import RunProgress
 from botlab.resources import release_free_memory, usage
 from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, PHASE_KEY, RESUME_KEY, RUN_LAST_STEP_KEY
-from botlab.rundir import SEEDING_DONE_KEY, STARTED_AT_KEY, AlreadyRunning, DaemonLock
+from botlab.rundir import SEEDING_DONE_KEY, STARTED_AT_KEY, WARM_START_DONE_KEY, AlreadyRunning, DaemonLock
 from botlab.sandbox import Executor
-from botlab.selfplay import heldout
+from botlab.selfplay import heldout, warm_start
 from botlab.selfplay.checkpoints import load_resume_state
 from botlab.selfplay.distributed import follow, launch_problem, launch_rank, lead, release_followers
 from botlab.selfplay.learner import Learner
@@ -193,6 +193,7 @@ class Daemon:
         team, store = self.team, self.store
         self.selfplay.ensure_zero_triplets()
         self._seed(side)
+        self._warm_start(side)
         first = store.last_step() + 1
         last = first + self.steps - 1 if self.steps else team.train.steps
         store.put(RUN_LAST_STEP_KEY, last)  # digests count towards the same step as the console's "step N/last"
@@ -269,6 +270,30 @@ class Daemon:
         self.store.put(SEEDING_DONE_KEY, True)
         if self.team.schedules.eval_every_steps:
             self._evaluate(0, side)
+
+    def _warm_start(self, side: SideLoop) -> None:
+        """selfplay.warm_start: expert iteration on the seed set (selfplay/warm_start.py), once per run, after the
+        start's held-out score. Stopped midway, nothing is kept and the next start runs it again."""
+        cfg = self.team.selfplay.warm_start
+        if not cfg.enabled or self.store.get(WARM_START_DONE_KEY) or self.store.last_step() > 0:
+            return
+        rounds = []
+        for round_no in range(1, cfg.rounds + 1):
+            if self.stop.requested:
+                return
+            report = warm_start.run_round(self.selfplay, round_no, cfg,
+                                          on_phase=lambda p: self._phase(side, f"warm start round {round_no}", p))
+            rounds.append(report)
+            self.progress.note(report.describe())
+            self._tick(side)
+        self._phase(side, "warm start", "save")
+        metrics = warm_start.save(self.selfplay, rounds)
+        self.metrics.write(0, metrics)
+        message = (f"warm start: {metrics['warm_start/trained']:.0f} verified answers of "
+                   f"{metrics['warm_start/sampled']:.0f} trained in {len(rounds)} round(s), "
+                   f"{metrics['warm_start/seconds']:.0f} s; saved as checkpoints/step-000000")
+        self.store.log_event("warm_start", message)
+        self.progress.note(message)
 
     def _wait_while_paused(self, side: SideLoop) -> bool:
         """Hold while feedback paused the team; True if a stop arrived meanwhile."""

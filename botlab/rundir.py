@@ -20,6 +20,7 @@ PHASE_KEY = "phase"  # what the daemon is doing, e.g. "step 3/10: solve"
 STARTED_AT_KEY = "started_at"  # when the current (or last) daemon started; status counts errors since then
 ENGINE_KEY = "engine"  # {"name", "why"}: the rollout engine the daemon chose, and why
 SEEDING_DONE_KEY = "seeding_done"  # the seed set was gathered; a resumed run never seeds again
+WARM_START_DONE_KEY = "warm_start_done"  # selfplay.warm_start ran (its weights are step 0's resume state)
 RESUME_KEY = "resume_state"  # the learner state of the last committed step, relative to the run dir (older: absolute)
 RUN_LAST_STEP_KEY = "run_last_step"  # the step the current `botlab run` stops after (its --steps)
 LAST_EVAL_KEY = "last_eval"  # the newest evaluation result per suite

@@ -61,6 +61,10 @@ class Buffers:
         chosen += rng.choices([r["task_id"] for r in rows], k=size - len(chosen))
         return self._load(chosen, task_type)
 
+    def tasks(self, task_type: TaskType) -> list[Triplet]:
+        """Every buffered task of this type (the warm start answers them all)."""
+        return self._load(self._ids(task_type), task_type)
+
     def programs(self, task_type: TaskType) -> list[str]:
         """Buffered programs of this type, for the reviewer's duplicate checks."""
         return [r["program"] for r in self.store.query(

@@ -61,6 +61,9 @@ def launch_problem(team: TeamConfig) -> str | None:
             return ("train.sharding is fsdp, which shards the learner over the ranks of a launch: start it with "
                     "`torchrun --nproc-per-node N -m botlab.cli run TEAM.yaml` (or `accelerate launch`), or set "
                     "train.sharding: none")
+    if launched and team.selfplay.warm_start.enabled:
+        # Its fine-tuning (TRL's SFTTrainer) runs in this process alone, outside the ranks' collectives.
+        return "selfplay.warm_start runs in one process: turn it off under a torchrun / accelerate launch"
     return None
 
 

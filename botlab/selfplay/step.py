@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 from botlab.agents.proposer import Proposer
 from botlab.agents.reviewer import Reviewer, fingerprint
 from botlab.agents.solver import Solver
-from botlab.config import TeamConfig, TaskType
+from botlab.config import SamplingConfig, TeamConfig, TaskType
 from botlab.curriculum import Curriculum, load_curriculum
 from botlab.engines import Engine
 from botlab.rundir import RESUME_KEY
@@ -144,7 +144,7 @@ class SelfPlay:
                 format_penalty=self.team.train.format_penalty, wrong_penalty=self.team.train.wrong_penalty,
             )
         with clock("solve"):
-            solutions = self._solve(solve_tasks)
+            solutions = self.solve(solve_tasks)
         samples = [p.sample for p in proposals if not p.heldout] + solutions
         syncs = self.learner is not None and not self.engine.shares_learner
         with clock("learn"):
@@ -307,13 +307,17 @@ class SelfPlay:
         for p, group in zip(admitted, groups):
             p.solve_rate = sum(next(correct) for _ in group) / len(group)
 
-    def _solve(self, tasks: dict[TaskType, list[Triplet]]) -> list[Sample]:
+    def solve(self, tasks: dict[TaskType, list[Triplet]], n: int | None = None,
+              role_cfg: SamplingConfig | None = None) -> list[Sample]:
+        """`n` answers per task (default selfplay.solver_samples) with the solver's sampling (or `role_cfg`), checked
+        in the sandbox and rewarded. The step's solve phase; the warm start's too."""
+        n, role_cfg = n or self.cfg.solver_samples, role_cfg or self.team.roles.solver
         prompts, owners = [], []
         for task_type, batch in tasks.items():
             for task in batch:
                 prompts.append(self._solver_prompt(task))
                 owners.append(task)
-        groups = self.generator.generate("solver", prompts, self.team.roles.solver, n=self.cfg.solver_samples)
+        groups = self.generator.generate("solver", prompts, role_cfg, n=n)
         samples = []
         for group, task in zip(groups, owners):
             for sample in group:
