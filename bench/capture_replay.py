@@ -6,7 +6,7 @@ Every proposal the executor validated (table `tasks`: admitted, rejected and inv
 as they were all validated) and every solver answer it checked (table `samples`, role solver, answers parsed with
 the solver's own parser; unparseable ones never reach the executor and are left out). Stores are opened
 read-only. Each entry's `batch` names the run and step it came from, so the replay calls the executor the way a
-step does: one validate_many per step, one check per task type per step. Its `category` is the outcome the
+step does: one validate_many per step, then one check_all for its answers. Its `category` is the outcome the
 sandbox gives it now (under the benchmark's limits), for the per-category table; an answer's `correct` too.
 """
 
