@@ -339,6 +339,25 @@ async def test_a_reply_that_changes_nothing_is_answered_by_mail(tmp_path, mail_e
     assert 'question: "The string tasks are too easy": difficulty changes for all tasks' in body
 
 
+async def test_a_reply_that_changes_something_is_answered_with_what_changed(tmp_path, mail_env):
+    """Issue 14 point 2: an accepted message is answered too, briefly: what it changed, without the command list."""
+    from botlab.reporting.cli import read_inbox
+    from botlab.curriculum import HELP
+    from botlab.store import open_store
+
+    team = await _digest_sent_then_replied(tmp_path, mail_env, "/focus abduction")
+    assert await asyncio.to_thread(read_inbox, team, Console(file=io.StringIO())) == 0
+    messages = await mail_env.dovecot.wait_for_messages(mail_env.human, 2)
+    answer = message_from_bytes(messages[1], policy=policy.default)
+    with open_store(team.run_dir) as store:
+        row = store.query("SELECT * FROM feedback")[0]
+    assert row["status"] == "applied"
+    assert answer["In-Reply-To"] == row["external_id"]
+    body = answer.get_body(("plain",)).get_content()
+    assert "> /focus abduction" in body and f"Done: {row['response']}" in body and "abduction" in row["response"]
+    assert HELP not in body
+
+
 async def test_an_answer_is_not_lost_to_a_crash_after_applying(reporter, store, mail_env):
     """The poll applied a reply and died before enqueuing its answer: the next poll sends the answer, once."""
     from botlab.reporting.feedback import apply_pending, record

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DIGEST_AT_KEY, POLL_AT_KEY = "schedule/digest_at", "schedule/poll_at"
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)  # long Message-IDs must not be folded
 # Feedback that changed nothing is answered at once, not at the digest; so are /status and /ask.
-ANSWERED = ("question", "ignored", "error", REQUEST_ANSWERED)
+ANSWERED = ("applied", "question", "ignored", "error", REQUEST_ANSWERED)  # every message: answered
 ANSWERED_UP_TO_KEY = "feedback/answered_up_to"  # feedback ids up to this one had their answers enqueued
 
 
@@ -282,8 +282,9 @@ class Reporter:
         return self.store.scalar("SELECT COALESCE(MAX(id), 0) FROM feedback")
 
     def _enqueue_answers(self, now: float) -> None:
-        """A message that changed nothing (a question, nothing understood, an error) and a request (/status, /ask)
-        get their answer back on the channel they came from. Enqueued with the mark of what was answered, so a crash
+        """Every message gets its answer back on the channel it came from: what it changed, the question it raised,
+        why nothing changed, the error, or a request's (/status, /ask) answer. Enqueued with the mark of what was
+        answered, so a crash
         in between loses none; one answered past the mark is enqueued again later, which its dedupe key ignores."""
         with self.store.transaction() as db:
             done = self._last_done_feedback()
@@ -300,7 +301,8 @@ class Reporter:
     def _answer(self, row, now: float) -> tuple[str, dict] | None:
         """(recipient, payload) of the answer to a feedback row, or None where its channel has no way back."""
         n = self.team.notifiers
-        text = row["response"] if request_kind(row["text"]) else answer_text(row["text"], row["response"])
+        text = (row["response"] if request_kind(row["text"])
+                else answer_text(row["text"], row["response"], row["status"]))
         if row["channel"] == "nostr" and row["external_id"].startswith("job:"):  # a NIP-90 job request
             return row["sender"], {"text": text, "job": row["external_id"][4:], "ok": row["status"] == REQUEST_ANSWERED}
         if row["channel"] == "email" and n.email is not None and n.email.enabled:
@@ -335,8 +337,11 @@ class Reporter:
         await self.flush_outbox(max(now, time.time()))  # answers enqueued by this tick's poll are due now
 
 
-def answer_text(text: str, response: str) -> str:
+def answer_text(text: str, response: str, status: str) -> str:
+    """The answer to a message: a short 'done' when it changed something, else why not and how to write one."""
     quoted = "\n".join("> " + line for line in text.splitlines()[:20])
+    if status == "applied":
+        return f"You wrote:\n{quoted}\n\nDone: {response}"
     return f"You wrote:\n{quoted}\n\n{response}\n\nReply in plain words or with commands: {HELP}"
 
 
