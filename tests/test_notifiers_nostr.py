@@ -105,7 +105,11 @@ async def test_a_reply_changes_the_curriculum_and_the_next_digest_says_so(report
         ("nostr", nostr_human.npub, 1, "applied")
     curriculum = load_curriculum(store)
     assert curriculum.task_weights["abduction"] == 3.0 and curriculum.paused
+    # The message is answered at once with what it changed...
+    _, answer, _ = await nostr_human.next_dm()
+    assert "Done: focus on abduction; task weights abduction 1 -> 3; training paused" in " ".join(answer.split())
 
+    # ...and the next digest says so too.
     await reporter.send_digest("test")
     _, text, _ = await nostr_human.next_dm()
     flat = " ".join(text.split())  # the DM wraps its lines
@@ -150,6 +154,8 @@ async def test_relay_restart_send_retried_once_and_reply_still_received(reporter
         assert text.startswith("botlab demo #1")
         await human.send_dm(bot_keys.public_key(), "/easier", reply_to=rumor)
         await wait_for_feedback(reporter, store, 1)  # the subscription was renewed after the restart
+        _, answer, _ = await human.next_dm()
+        assert answer.startswith("You wrote:") and "Done: " in answer  # what /easier changed
         with pytest.raises(TimeoutError):
             await human.next_dm(timeout=0.3)  # the digest came once
     finally:
@@ -343,9 +349,10 @@ async def test_status_by_dm_is_answered_as_it_arrives(tmp_path, nostr_relay, nos
         record_steps(store, range(1, 3))
         await nostr_human.send_dm(bot_keys.public_key(), "/focus abduction")
         await nostr_human.send_dm(bot_keys.public_key(), "/status")
-        _, answer, _ = await nostr_human.next_dm(timeout=20)
+        answers = [(await nostr_human.next_dm(timeout=20))[1] for _ in range(2)]  # /focus's "Done: ..." and /status
     finally:
         await reporter.stop()
+    [answer] = [a for a in answers if a.startswith("botlab demo:")]
     lines = answer.splitlines()
     assert lines[0] == "botlab demo: stopped, step 2 of 500"
     assert "weights deduction 1 abduction 3 induction 1; focus abduction" in lines
