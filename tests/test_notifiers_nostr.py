@@ -202,8 +202,8 @@ def test_a_bad_key_names_the_field(tmp_path, nostr_relay, monkeypatch, store):
 
 async def test_a_dm_before_the_first_daemon_start_is_read_by_botlab_inbox(tmp_path, nostr_relay, nostr_human,
                                                                           bot_keys):
-    """`botlab digest --send`, a DM reply while nothing listens, then `botlab inbox` applies it; an unclear one is
-    answered by DM."""
+    """`botlab digest --send`, a DM reply while nothing listens, then `botlab inbox` applies it; both are answered by
+    DM: the clear one with what it changed, the unclear one with what was not understood."""
     import io
 
     from rich.console import Console
@@ -224,8 +224,9 @@ async def test_a_dm_before_the_first_daemon_start_is_read_by_botlab_inbox(tmp_pa
         statuses = {r["text"]: r["status"] for r in store.query("SELECT text, status FROM feedback")}
         assert load_curriculum(store).difficulty_for("abduction") == -1
     assert statuses == {"abduction is too hard": "applied", "make it more interesting": "question"}
-    _, answer, _ = await nostr_human.next_dm()
-    assert answer.startswith("You wrote:\n> make it more interesting") and "did not understand" in answer
+    answers = sorted([(await nostr_human.next_dm())[1] for _ in range(2)])
+    assert answers[0].startswith("You wrote:\n> abduction is too hard") and "Done: " in answers[0]
+    assert answers[1].startswith("You wrote:\n> make it more interesting") and "did not understand" in answers[1]
     # A second read finds nothing new: each DM is applied once.
     assert await asyncio.to_thread(read_inbox, team, Console(file=io.StringIO())) == 0
     with open_store(team.run_dir) as store:
