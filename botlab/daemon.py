@@ -1,7 +1,9 @@
 """`botlab run`: the long-running daemon around the self-play loop.
 
 The main thread trains (vLLM and torch want it); a side thread runs an asyncio loop for the reporter's channels
-(IMAP IDLE, Nostr subscriptions, SMTP). Between phases the main thread lets the reporter do what is due.
+(IMAP IDLE, Nostr subscriptions, SMTP) and the timed jobs (botlab/schedule.py: digests, reply polls, evaluations,
+pruning), which run on time during a phase. Between phases the main thread runs what needs the engine: the
+reporter's tick, and an evaluation a job found due.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from botlab.resources import release_free_memory, usage
 from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, PHASE_KEY, RESUME_KEY, RUN_LAST_STEP_KEY
 from botlab.rundir import SEEDING_DONE_KEY, STARTED_AT_KEY, WARM_START_DONE_KEY, AlreadyRunning, DaemonLock
 from botlab.sandbox import Executor
+from botlab.schedule import Schedule
 from botlab.selfplay import heldout, warm_start
-from botlab.selfplay.checkpoints import load_resume_state
+from botlab.selfplay.checkpoints import load_resume_state, prune
 from botlab.selfplay.distributed import follow, launch_problem, launch_rank, lead, release_followers
 from botlab.selfplay.learner import Learner
 from botlab.selfplay.step import SelfPlay
@@ -39,6 +42,7 @@ from botlab.teamfile import TeamFileError, load_team
 log = logging.getLogger("botlab.daemon")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EVAL_AT_KEY = "schedule/eval_at"  # when the last evaluation of schedules.eval_every ran
 
 
 class MissingState(Exception):
@@ -119,6 +123,7 @@ class Daemon:
         self.deadline = time.time() + minutes * 60 if minutes else None
         self.stop = StopRequest()
         self.progress = RunProgress(team.name)
+        self._prune_lock = threading.Lock()
 
     def run(self) -> int:
         previous = self.store.get(DAEMON_STATE_KEY, "new")
@@ -183,6 +188,10 @@ class Daemon:
         self.reporter = Reporter(team, self.store, model=policy_model)
         side.call(self.reporter.start(live=True), timeout=60)
         self.metrics = MetricsSink(team.run_dir, team.name, team.observability.wandb_project)
+        self.side = side
+        self.schedule = Schedule(self.store, side.loop)
+        self._add_jobs()
+        self.schedule.start()
 
     def _policy_model(self) -> PolicyModel:
         return PolicyModel(self.engine)
@@ -211,6 +220,7 @@ class Daemon:
             release_free_memory()  # what the update and the saves freed: the metric shows what the daemon holds
             report.metrics |= usage(team.run_dir)
             self.selfplay.commit(report, started)
+            self._prune_soon()
             self.metrics.write(step, report.metrics)
             self.progress.step_done(step, last, report.summary, report.timings)
             self._evaluate_if_due(step, side)
@@ -222,6 +232,29 @@ class Daemon:
             self._phase(side, "end", "final digest")
             side.call(self.reporter.send_digest("run finished"), timeout=600)
         return EXIT_OK
+
+    # --- timed jobs -------------------------------------------------------------------------------------------------
+
+    def _add_jobs(self) -> None:
+        """The reporter's digest and reply poll, the evaluation every schedules.eval_every (handed to the next pause
+        between phases: it needs the engine) and one prune for what an earlier run left."""
+        self.reporter.add_jobs(self.schedule)
+        self.schedule.every("eval", self.team.schedules.seconds("eval_every"),
+                            lambda: self.schedule.for_boundary("eval", self._timed_eval), EVAL_AT_KEY)
+        self._prune_soon()
+
+    def _timed_eval(self) -> None:
+        self._evaluate(self.store.last_step(), self.side)
+        self.store.put(EVAL_AT_KEY, time.time())
+
+    def _prune_soon(self) -> None:
+        """Older resume states and checkpoints go in a job on the side loop, after the commit: deleting a large
+        model's checkpoint takes seconds the next step need not wait for."""
+        self.schedule.at("prune", time.time(), self._prune, max_instances=2)
+
+    def _prune(self) -> None:
+        with self._prune_lock:
+            prune(self.team.run_dir, self.store.last_step(), self.team.schedules.keep_checkpoints)
 
     def _evaluate_if_due(self, step: int, side: SideLoop) -> None:
         every = self.team.schedules.eval_every_steps
@@ -323,6 +356,7 @@ class Daemon:
         except Exception as err:  # a channel failure must never stop training; the outbox retries
             log.warning("reporter tick failed: %s", err)
             self.store.log_event("error", f"reporter: {type(err).__name__}: {err}", level="error")
+        self.schedule.run_boundary()  # what the jobs found due and left for a pause (an evaluation)
 
     def _reload(self, side: SideLoop) -> None:
         """SIGHUP: take the reloadable parts of team.yaml (schedules, notifiers, reporter); refuse the rest."""
@@ -341,6 +375,7 @@ class Daemon:
         side.call(self.reporter.stop(), timeout=30)
         self.reporter = Reporter(self.team, self.store, model=self.reporter_model)
         side.call(self.reporter.start(live=True), timeout=60)
+        self._add_jobs()  # the new schedules' intervals, counted from the same last runs
         message = "reloaded schedules, notifiers and reporter from the team file"
         if ignored:
             message += f"; not reloadable while running (restart to apply): {', '.join(ignored)}"
@@ -351,6 +386,9 @@ class Daemon:
 
     def _shutdown(self, side: SideLoop | None) -> None:
         self.progress.close()
+        if getattr(self, "schedule", None) is not None:
+            self.schedule.stop()
+            self._prune()  # the last commit's prune, in case its job had no time to run
         if side is not None and getattr(self, "reporter", None) is not None:
             try:
                 side.call(self.reporter.flush_outbox(), timeout=60)

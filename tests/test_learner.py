@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from botlab.config import LoraConfig, ModelConfig, TrainConfig
 from botlab.resources import folder_size
-from botlab.selfplay.checkpoints import load_resume_state, prune_resume_states, save_checkpoint, save_resume_state
+from botlab.selfplay.checkpoints import load_resume_state, prune, save_checkpoint, save_resume_state
 from botlab.selfplay.learner import Learner, Rollout
 from botlab.selfplay.trr import token_logprobs
 
@@ -85,7 +85,8 @@ def test_checkpoint_loads_in_transformers_and_resume_state_round_trips(tiny_dir,
 
     # A fresh learner with the resume state continues exactly: same weights, same next update.
     resumed = Learner(tiny_dir, ModelConfig(), TrainConfig(lr=1e-2, bf16_autocast=False))
-    prune_resume_states(tmp_path, keep=tmp_path / "state" / "none")
+    save_resume_state(tmp_path, 2, learner)  # the next step's: once step 2 is committed, step 1's state goes
+    prune(tmp_path, committed_step=2, keep_checkpoints=1)
     assert not state.exists()
     load_resume_state(folder / "botlab_state", resumed)
     r = rollout(learner, 1.0)

@@ -2,7 +2,9 @@
 
 All network work is async and runs on the daemon's asyncio loop; model calls run in a worker thread so IMAP IDLE
 and the Nostr subscription keep being served meanwhile. Schedule times live in the store, so a restart after a
-long downtime catches up with one digest, never a burst.
+long downtime catches up with one digest, never a burst. In the daemon, `add_jobs` makes the digest and the reply
+poll APScheduler jobs (botlab/schedule.py) that run on time during a phase; `tick`, at each pause between phases,
+does what needs the engine (a digest or words read by the policy, /ask) and anything else that is due.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from botlab.reporting.feedback import (
     requests_for,
 )
 from botlab.rundir import NEXT_DIGEST_KEY
+from botlab.schedule import Schedule
 from botlab.store import Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class Reporter:
         self.channels: dict[str, Any] = {}
         self._flush_lock = asyncio.Lock()
         self._poll_lock = asyncio.Lock()
+        self._digest_lock = asyncio.Lock()  # the digest job and a tick never both send the one that is due
+        self.schedule: Schedule | None = None
         self._live_task: asyncio.Task | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
@@ -89,6 +94,33 @@ class Reporter:
         if self.store.get(ANSWERED_UP_TO_KEY) is None:  # a run from before answers existed: no late answers
             self.store.put(ANSWERED_UP_TO_KEY, self._last_done_feedback())
         self._set_next_digest()
+
+    @property
+    def engine_bound(self) -> bool:
+        """The reporter's model is the policy: its calls need the engine, free only between the daemon's phases."""
+        return self.model is not None and self.model is self.policy
+
+    def add_jobs(self, schedule: Schedule) -> None:
+        """The digest and the reply poll as jobs on the daemon's schedule, so they happen during a long phase: the
+        poll every feedback_poll_every (answering what needs no model, as replies that arrive are), the digest when
+        due or asked for, unless writing it needs the engine; the next tick then sends it."""
+        self.schedule = schedule
+        schedule.every("feedback poll", self.team.schedules.seconds("feedback_poll_every"), self._poll_job,
+                       POLL_AT_KEY)
+        self._set_next_digest()
+
+    async def _poll_job(self) -> None:
+        """Replies read and answered as far as no model is needed; a digest they asked for goes out now."""
+        await self.poll_feedback(model_free=True)
+        if self.store.get(DIGEST_REQUESTED_KEY):
+            await self._digest_job()
+        await self.flush_outbox()
+
+    async def _digest_job(self) -> None:
+        if self.engine_bound:
+            return  # the policy writes the narrative: the next tick sends it
+        if await self.digest_if_due(time.time()) is None:
+            self._set_next_digest()  # not due after all (the job woke a hair early): again at the due time
 
     async def stop(self) -> None:
         if self._live_task is not None:
@@ -193,7 +225,23 @@ class Reporter:
     def _set_next_digest(self) -> None:
         every = self.team.schedules.seconds("digest_every")
         last = self.store.get(DIGEST_AT_KEY)
-        self.store.put(NEXT_DIGEST_KEY, last + every if every > 0 and last is not None else None)
+        due = last + every if every > 0 and last is not None else None
+        self.store.put(NEXT_DIGEST_KEY, due)
+        if self.schedule is not None:
+            # max_instances 2: a digest job may set the next one while it still runs.
+            self.schedule.at("digest", due, self._digest_job, max_instances=2)
+
+    async def digest_if_due(self, now: float) -> int | None:
+        """Send the digest asked for by feedback, or the scheduled one when its time has come (once, however many
+        intervals were missed)."""
+        async with self._digest_lock:
+            every = self.team.schedules.seconds("digest_every")
+            last_digest = self.store.get(DIGEST_AT_KEY) or now
+            if self.store.get(DIGEST_REQUESTED_KEY):
+                return await self.send_digest("asked for by feedback", now)
+            if every > 0 and now - last_digest >= every:
+                return await self.send_digest("schedule", now)
+            return None
 
     # --- the outbox --------------------------------------------------------------------------------------------------
 
@@ -223,22 +271,21 @@ class Reporter:
     # --- feedback ----------------------------------------------------------------------------------------------------
 
     async def _answer_live(self) -> None:
-        """The daemon ticks between phases, and a phase can take minutes: read replies as they arrive (or every
-        feedback_poll_every) and answer at once what needs no model (/status; commands, and plain words when the
-        phrase grammar reads them). /ask and words for the model wait for the tick, when the engine is free."""
+        """The daemon ticks between phases, and a phase can take minutes: read replies as they arrive and answer at
+        once what needs no model (/status; commands, and plain words when the phrase grammar reads them). /ask and
+        words for the model wait for the tick, when the engine is free. The poll every feedback_poll_every is the
+        schedule's job (`add_jobs`); this waits for the channels' news (IMAP IDLE, a Nostr DM)."""
         if not self.channels:
             return
         while True:
             waits = [asyncio.create_task(channel.news.wait()) for channel in self.channels.values()]
             try:
-                await asyncio.wait(waits, timeout=max(5.0, self.team.schedules.seconds("feedback_poll_every")),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
             try:
-                await self.poll_feedback(model_free=True)
-                await self.flush_outbox()
+                await self._poll_job()
             except Exception as err:  # a channel or the store failed: the tick tries again too
                 log.warning("answering replies as they arrive failed: %s", err)
                 await asyncio.sleep(5)
@@ -328,12 +375,7 @@ class Reporter:
         pending = self.store.scalar("SELECT COUNT(*) FROM feedback WHERE status = 'pending'")
         if self._reply_waiting() or pending or now - last_poll >= schedules.seconds("feedback_poll_every"):
             await self.poll_feedback()
-        every = schedules.seconds("digest_every")
-        last_digest = self.store.get(DIGEST_AT_KEY) or now
-        if self.store.get(DIGEST_REQUESTED_KEY):
-            await self.send_digest("asked for by feedback", now)
-        elif every > 0 and now - last_digest >= every:
-            await self.send_digest("schedule", now)  # once, however many intervals were missed
+        await self.digest_if_due(now)
         await self.flush_outbox(max(now, time.time()))  # answers enqueued by this tick's poll are due now
 
 

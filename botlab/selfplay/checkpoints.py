@@ -1,7 +1,8 @@
 """Learner state on disk: a resume state after every committed step, and Hugging Face checkpoints every N steps.
 
 A resume state holds the fp32 trainable weights, the optimizer and the RNGs; the store records which one belongs to
-the last committed step (kv rundir.RESUME_KEY), so a crash between saving and committing is harmless.
+the last committed step (kv rundir.RESUME_KEY), so a crash between saving and committing is harmless. What the
+committed step no longer needs goes in `prune`, the daemon's prune job.
 """
 
 from __future__ import annotations
@@ -43,15 +44,32 @@ def load_resume_state(folder: Path, learner: Learner) -> None:
     learner.load_state_dict(torch.load(folder / "learner.pt", weights_only=False))
 
 
-def prune_resume_states(run_dir: Path, keep: Path) -> None:
-    """Only the committed state is needed; older ones (and partial writes) go."""
-    for folder in (run_dir / "state").glob("step-*"):
-        if folder != keep:
-            shutil.rmtree(folder, ignore_errors=True)
+def prune(run_dir: Path, committed_step: int, keep_checkpoints: int) -> list[Path]:
+    """What the committed step no longer needs: older resume states, checkpoints beyond the newest keep_checkpoints,
+    and partial writes of earlier steps; the folders removed. Folders of later steps are left alone: this runs as
+    a job beside the next step, which may be writing them."""
+    removed = []
+    for kind, keep in (("state", 1), ("checkpoints", keep_checkpoints)):
+        folders = [(_step_of(p), p) for p in (run_dir / kind).glob("step-*")]
+        done = sorted((step, p) for step, p in folders if step is not None and step <= committed_step)
+        whole = [p for _, p in done if not p.name.endswith(".partial")]
+        removed += [p for _, p in done if p.name.endswith(".partial")] + whole[:-keep]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
-def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resume_state: Path, keep: int) -> Path:
-    """A Hugging Face folder that transformers and vLLM load directly, with the resume state beside the weights."""
+def _step_of(folder: Path) -> int | None:
+    """step-000012 and step-000012.partial -> 12."""
+    digits = folder.name.removeprefix("step-").removesuffix(".partial")
+    return int(digits) if digits.isdigit() else None
+
+
+def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resume_state: Path,
+                    keep: int | None = None) -> Path:
+    """A Hugging Face folder that transformers and vLLM load directly, with the resume state beside the weights.
+    keep: prune older checkpoints now, beyond the newest `keep` (the daemon leaves keep unset: its prune job does
+    it after the commit, off the main thread)."""
     folder = run_dir / "checkpoints" / f"step-{step:06d}"
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -60,9 +78,10 @@ def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resum
     shutil.copytree(resume_state, partial / "botlab_state", copy_function=_link_or_copy)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
-    checkpoints = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".partial"))
-    for old in checkpoints[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep is not None:
+        checkpoints = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".partial"))
+        for old in checkpoints[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

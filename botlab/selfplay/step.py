@@ -29,7 +29,7 @@ from botlab.sandbox import Executor
 from botlab.selfplay.buffers import Buffers, insert_task
 from botlab.selfplay import heldout
 from botlab.selfplay.checking import check_answers
-from botlab.selfplay.checkpoints import prune_resume_states, save_checkpoint, save_resume_state
+from botlab.selfplay.checkpoints import save_checkpoint, save_resume_state
 from botlab.selfplay.generation import Generator, Prompt, Sample
 from botlab.selfplay.learner import Learner, Rollout
 from botlab.selfplay.records import insert_sample, store_proposal
@@ -169,13 +169,14 @@ class SelfPlay:
         report.resume_state = save_resume_state(run_dir, report.step, self.learner)
         if report.step % schedules.checkpoint_every_steps == 0 or last:
             report.checkpoint = save_checkpoint(run_dir, report.step, self.learner, self.engine.tokenizer,
-                                                report.resume_state, schedules.keep_checkpoints)
+                                                report.resume_state)
             report.timings["checkpoint"] = time.time() - started_at - sum(report.timings.values())
 
     def commit(self, report: StepReport, started_at: float) -> None:
         """Write the whole step in one transaction: tasks, buffers, samples (dropping those older than
         schedules.keep_samples_steps), metrics, the step row with its checkpoint, and the resume state that
-        save_state wrote (if it ran); older resume states go once the commit names the new one."""
+        save_state wrote (if it ran). Older resume states and checkpoints go afterwards, in the daemon's prune job
+        (checkpoints.prune)."""
         proposals, solutions = report.proposals, report.solutions
         now = time.time()
         checkpoint = self.store.relative(report.checkpoint) if report.checkpoint else None
@@ -196,8 +197,6 @@ class SelfPlay:
                 db.execute("DELETE FROM samples WHERE step <= ?", (report.step - keep,))
             if report.resume_state is not None:
                 self.store.put(RESUME_KEY, self.store.relative(report.resume_state))
-        if report.resume_state is not None:
-            prune_resume_states(self.team.run_dir, keep=report.resume_state)
 
     # --- phases -----------------------------------------------------------------------------------------------------
 
