@@ -82,6 +82,10 @@ class LoraConfig(Strict):
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input while training")
+    quantize: Literal["none", "4bit"] = Field(
+        "none", description="QLoRA: keep the frozen base in 4-bit NF4 (bitsandbytes, `pip install 'botlab[qlora]'`), "
+        "about a quarter of its bf16 memory; the adapters stay fp32 and the engine still gets whole merged weights"
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="names of the linear layers that get adapters (the attention and MLP projections of Llama- and "
@@ -149,6 +153,13 @@ class ModelConfig(Strict):
         if self.gpus is not None and parse_gpus(self.gpus)[0] < self.tensor_parallel_size:
             raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} needs at least that many GPUs; "
                              f"gpus is {self.gpus!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _quantize_only_with_lora(self) -> "ModelConfig":
+        if self.lora.quantize != "none" and not self.lora.enabled:
+            raise ValueError(f"lora.quantize {self.lora.quantize!r} quantizes a LoRA base: set lora.enabled: true, "
+                             "or lora.quantize: none")
         return self
 
     @field_validator("server_urls")
@@ -356,7 +367,6 @@ class SelfPlayConfig(Strict):
     )
     induction_inputs: int = Field(10, ge=2, description="inputs an induction proposal must give")
     induction_visible: int = Field(5, ge=1, description="of those, shown to the solver; the rest are hidden tests")
-
     warm_start: WarmStartConfig = Field(
         default_factory=WarmStartConfig, description="expert iteration on the seed set before step 1: the solver's "
         "sandbox-verified answers trained with supervised fine-tuning (off by default)"

@@ -329,8 +329,16 @@ def _learner(team: TeamConfig, arch: Architecture, hw: Hardware, notes: list[str
         if unknown:
             notes.append(f"model.lora.target_modules {', '.join(unknown)}: not counted (the plan knows "
                          f"{', '.join(arch.projections())})")
-        parts.append(Part(f"learner: frozen base weights {model.dtype}{over}",
-                          arch.params * DTYPE_BYTES[model.dtype] // shards, BOTH, "LoRA: only adapters train"))
+        if model.lora.quantize == "4bit":
+            # bitsandbytes quantizes the decoder's linear layers: half a byte a weight, plus an fp32 scale per
+            # block of 64 (1/16 byte); embeddings, head and norms stay in model.dtype.
+            linear = arch.layers * sum(a * b for a, b in arch.projections().values())
+            base = linear * 9 // 16 + (arch.params - linear) * DTYPE_BYTES[model.dtype]
+            parts.append(Part(f"learner: frozen base weights 4-bit NF4 (QLoRA){over}", base // shards, BOTH,
+                              "model.lora.quantize: 4bit"))
+        else:
+            parts.append(Part(f"learner: frozen base weights {model.dtype}{over}",
+                              arch.params * DTYPE_BYTES[model.dtype] // shards, BOTH, "LoRA: only adapters train"))
         parts.append(Part(f"learner: LoRA adapters fp32 (r {model.lora.r}){over}", 4 * trainable // shards, BOTH,
                           f"{trainable / 1e6:.1f} M parameters"))
     else:
@@ -434,6 +442,9 @@ def _changes(team: TeamConfig, arch: Architecture, hw: Hardware) -> list[tuple[s
         setting(f"train.sharding: fsdp (shard the learner over the {hw.count} GPUs)", "train.sharding", "fsdp")
     if not model.lora.enabled:
         setting("turn on model.lora (model.lora.enabled: true: only adapters train)", "model.lora.enabled", True)
+    elif model.lora.quantize == "none" and hw.gpu:
+        setting("model.lora.quantize: 4bit (QLoRA: the frozen base in 4 bits; needs bitsandbytes)",
+                "model.lora.quantize", "4bit")
     for n in (2, 4, 8) if hw.gpu else ():
         if n > hw.count:
             more = Hardware(n, hw.memory, True, hw.source)

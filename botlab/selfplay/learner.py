@@ -11,6 +11,7 @@ is tested). Whole weights are then gathered only for the engine, checkpoints and
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import random
@@ -22,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
+from transformers import AutoModelForCausalLM
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -30,6 +32,10 @@ from botlab.config import ModelConfig, TrainConfig
 from botlab.selfplay.trr import clipped_policy_loss, token_logprobs
 
 log = logging.getLogger(__name__)
+
+class LearnerError(Exception):
+    """A learner the team file asks for cannot be built here (said with the key to change)."""
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -59,15 +65,15 @@ class Rollout:
 
 class Learner:
     def __init__(self, model_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
-        from transformers import AutoModelForCausalLM
-
         self.cfg = train_cfg
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
         self.lora = model_cfg.lora.enabled
-        # fp32 master weights; with LoRA the frozen base stays in model.dtype (peft keeps the adapters in fp32).
-        dtype = DTYPES[model_cfg.dtype] if self.lora else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        # fp32 master weights; with LoRA the frozen base stays in model.dtype (peft keeps the adapters in fp32), or
+        # in 4-bit NF4 with model.lora.quantize (QLoRA).
+        self.base_dtype = DTYPES[model_cfg.dtype] if model_cfg.dtype != "auto" else torch.bfloat16
+        dtype = self.base_dtype if self.lora else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **_quantization(model_cfg, dtype))
         model.config.use_cache = False
         if train_cfg.gradient_checkpointing:
             # Non-reentrant: works with frozen inputs (LoRA) and with the transformers engine sharing this module.
@@ -231,21 +237,19 @@ class Learner:
             for name, param in model.state_dict().items():
                 yield name, param.detach()
             return
-        model.merge_adapter()
-        try:
-            for name, param in model.state_dict().items():
-                if "lora_" in name:
-                    continue
-                yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), param.detach().clone()
-        finally:
-            model.unmerge_adapter()
+        yield from _merged_lora_weights(model, self.base_dtype)
 
     def save_pretrained(self, folder: Path, tokenizer) -> None:
         """A plain HF folder (LoRA merged) that transformers and vLLM load directly, in bf16."""
         model = self.accelerator.unwrap_model(self.model)
         if self.lora:
-            model = copy.deepcopy(model).merge_and_unload()
-        state = {k: v.to(torch.bfloat16) for k, v in dict(self.named_weights()).items()}
+            # The plain model the merged weights belong to, without allocating it (nor a 4-bit base's settings).
+            config = copy.deepcopy(model.get_base_model().config)
+            config.quantization_config = None
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config)
+        # Copies: a bf16 tensor cast to bf16 is itself, and the tied head would be saved twice as one tensor.
+        state = {k: v.to(torch.bfloat16, copy=True) for k, v in dict(self.named_weights()).items()}
         model.save_pretrained(folder, state_dict=state, safe_serialization=True)
         # The tensors are bf16: say so, so loaders do not upcast by default.
         config_file = folder / "config.json"
@@ -328,6 +332,58 @@ class Learner:
             groups.append({**saved_group, "params": list(range(start, start + count))})
             start += count
         return {"state": state, "param_groups": groups}
+
+
+def _quantization(model_cfg: ModelConfig, dtype: torch.dtype) -> dict:
+    """from_pretrained's settings for a QLoRA base (model.lora.quantize), else none."""
+    if not model_cfg.lora.enabled or model_cfg.lora.quantize == "none":
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LearnerError("model.lora.quantize: 4bit needs bitsandbytes: pip install 'botlab[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_compute_dtype=dtype)}
+
+
+def _merged_lora_weights(model, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each weight under the base model's HF name, adapters added in fp32 aside from the model. (peft's
+    merge_adapter/unmerge_adapter would round a bf16 or 4-bit base at every sync, and the rounding adds up.)"""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    inside_adapted: list[str] = []
+    for prefix, module in model.named_modules():
+        if any(prefix.startswith(outer + ".") for outer in inside_adapted):
+            continue  # the adapted layer's base_layer and lora_A/lora_B, already counted
+        name = prefix.removeprefix("base_model.model.")
+        if isinstance(module, BaseTunerLayer):
+            inside_adapted.append(prefix)
+            base = module.get_base_layer()
+            yield f"{name}.weight", _merged(module, dtype)
+            if base.bias is not None:
+                yield f"{name}.bias", base.bias.detach()
+            continue
+        for key, param in module.named_parameters(recurse=False):
+            yield f"{name}.{key}", _dense(param).to(dtype) if param.dtype == torch.uint8 else param.detach()
+
+
+@torch.no_grad()
+def _merged(layer, dtype: torch.dtype) -> torch.Tensor:
+    """An adapted layer's weight with its active adapters' deltas added in fp32."""
+    weight = _dense(layer.get_base_layer().weight).float()
+    for adapter in layer.active_adapters:
+        weight += layer.get_delta_weight(adapter).float()
+    return weight.to(dtype)
+
+
+def _dense(param: torch.Tensor) -> torch.Tensor:
+    """A weight as a plain tensor: a 4-bit one (bitsandbytes) dequantized."""
+    quant_state = getattr(param, "quant_state", None)
+    if quant_state is None:
+        return param.detach()
+    from bitsandbytes.functional import dequantize_4bit
+
+    return dequantize_4bit(param.data, quant_state)
 
 
 def _shard(model: torch.nn.Module) -> torch.nn.Module:
