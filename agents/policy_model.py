@@ -4,7 +4,8 @@ Each turn is one `engine.generate` call; `ChatMessage.raw` records what the lear
 later: {"prompt_ids", "completion_ids", "logprobs", "finish_reason", "weight_version"}. A step callback can read it
 back from `ActionStep.model_output_message.raw`.
 
-The trained proposer and solver turns do not come through here: the loop batches them on the engine directly.
+The trained proposer and solver turns do not come through here: they are agents of their own on a model that
+batches a whole step's turns into one engine call (agents/role_agent.py).
 Tools are not passed to the chat template (small chat templates have no tool syntax); the agent's own system
 prompt lists them and smolagents reads the JSON action out of the text.
 """

@@ -325,6 +325,17 @@ def bench_rollout(as_json: JsonOpt = False) -> None:
     raise typer.Exit(bench_main(as_json=as_json))
 
 
+@bench_app.command("agents")
+def bench_agents(
+    rounds: Annotated[int, typer.Option(min=1, help="generations each way, alternating")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """A demo step's generation through the smolagents role agents vs. the direct batched call (ratio)."""
+    from botlab.bench.agents import main as bench_main
+
+    raise typer.Exit(bench_main(rounds=rounds, as_json=as_json))
+
+
 @bench_app.command("learning")
 def bench_learning(
     team_file: TeamArg,

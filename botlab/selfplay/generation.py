@@ -1,4 +1,5 @@
-"""How the self-play step gets replies from the engine: batched calls, and primed replies written part by part.
+"""How the self-play step gets replies: one smolagents agent per prompt, their turns answered by one batched engine
+call (agents/role_agent.py), and primed replies written part by part.
 
 A primed reply (agents/priming.py) starts inside its first block; the loop opens each later part once the model
 closed the one before. The openings the loop writes are part of the trained sequence with a zero mask: the policy is
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from botlab.agents.priming import Segment
+from botlab.agents.role_agent import run_role_agents
 from botlab.config import SamplingConfig, TaskType
 from botlab.engines import Completion, Engine, Sampling
 from botlab.selfplay.rewards import Reward
@@ -50,7 +52,18 @@ class Generator:
         self.generated_tokens = 0
 
     def generate(self, role: str, prompts: list[Prompt], role_cfg: SamplingConfig, n: int) -> list[list[Sample]]:
-        """`n` samples per prompt, in the order of `prompts`."""
+        """`n` samples per prompt, in the order of `prompts`: each prompt is a smolagents agent of the role
+        (agents/role_agent.py) and the agents' turns reach the engine as one batch."""
+        def answer_all(requests: list[tuple[list[dict], Prompt]]) -> list[list[Sample]]:
+            # The agents' messages are the role's own (the agent adds nothing to what the policy is trained on).
+            asked = [(task_type, messages, parts) for messages, (task_type, _, parts) in requests]
+            return self.generate_batch(role, asked, role_cfg, n)
+
+        return run_role_agents([(prompt[1], prompt) for prompt in prompts], answer_all)
+
+    def generate_batch(self, role: str, prompts: list[Prompt], role_cfg: SamplingConfig, n: int
+                       ) -> list[list[Sample]]:
+        """`n` samples per prompt straight from the engine, with primed replies written part by part."""
         if not prompts:
             return []
         ids, samplings = [], []

@@ -1,0 +1,80 @@
+"""The trained roles as smolagents agents (agents/role_agent.py): many agents, one batched engine call, prompts and
+replies exactly those of the direct call."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from smolagents import MultiStepAgent
+
+from botlab.agents.role_agent import BatchedPolicy, RoleAgent, run_role_agents
+from botlab.config import TeamConfig
+from botlab.selfplay.step import SelfPlay
+from botlab.store import open_store
+from botlab.tasks import Triplet
+
+
+def prompts(n: int) -> list[tuple[list[dict], int]]:
+    return [([{"role": "system", "content": "You write Python."}, {"role": "user", "content": f"task {i}"}], i)
+            for i in range(n)]
+
+
+def test_every_agent_is_answered_by_one_call_in_the_calling_thread():
+    calls = []
+
+    def answer_all(requests):
+        calls.append((threading.current_thread(), [extra for _, extra in requests]))
+        return [f"reply to {messages[-1]['content']}" for messages, _ in requests]
+
+    replies = run_role_agents(prompts(12), answer_all)
+    assert replies == [f"reply to task {i}" for i in range(12)]  # in the order of the prompts
+    assert calls == [(threading.current_thread(), list(range(12)))]  # one call, requests in slot order
+
+
+def test_an_agent_sees_exactly_the_roles_messages():
+    seen = []
+    run_role_agents(prompts(1), lambda requests: seen.extend(requests) or ["ok"])
+    [(messages, extra)] = seen
+    assert messages == prompts(1)[0][0] and extra == 0  # no "New task:" framing, no smolagents system prompt
+    agent = RoleAgent(BatchedPolicy(1), prompts(1)[0][0], slot=0)
+    assert isinstance(agent, MultiStepAgent) and agent.system_prompt == "You write Python."
+
+
+def test_a_failure_reaches_every_agent_and_nobody_waits_forever():
+    def engine_down(requests):
+        raise RuntimeError("the engine is gone")
+
+    with pytest.raises(RuntimeError, match="the engine is gone"):
+        run_role_agents(prompts(5), engine_down)
+    # An agent that fails before it asks (a message role the chat format does not have): the round never fills.
+    broken = prompts(3)
+    broken[1] = ([{"role": "narrator", "content": "?"}], 1)
+    with pytest.raises(ValueError, match="narrator"):
+        run_role_agents(broken, lambda requests: ["never"] * len(requests))
+
+
+@pytest.mark.slow
+def test_the_step_generates_through_agents_as_the_direct_call_does(tmp_path, transformers_engine, sandbox):
+    """Greedy replies through the role agents equal the direct batched call's, token for token, and the engine is
+    called once for all of them."""
+    team = TeamConfig(name="agents", storage_dir=tmp_path,
+                      roles={"solver": {"prime_answer": True, "temperature": 0.0, "max_new_tokens": 12}})
+    with open_store(team.run_dir) as store:
+        selfplay = SelfPlay(team, store, transformers_engine, sandbox, learner=None)
+        tasks = [Triplet(f"def f(x):\n    return x * {k}", ["3"], [str(3 * k)], task_type="deduction")
+                 for k in range(2, 6)]
+        asked = [selfplay._solver_prompt(task) for task in tasks]
+        engine_calls = []
+        generate = transformers_engine.generate
+        transformers_engine.generate = lambda *a, **kw: engine_calls.append(len(a[0])) or generate(*a, **kw)
+        try:
+            through_agents = selfplay.generator.generate("solver", asked, team.roles.solver, n=1)
+        finally:
+            del transformers_engine.generate  # the engine's own method again
+        direct = selfplay.generator.generate_batch("solver", asked, team.roles.solver, n=1)
+    assert engine_calls[0] == len(tasks)  # the first part of every reply in one call
+    for [a], [d] in zip(through_agents, direct):
+        assert a.prompt_ids == d.prompt_ids
+        assert a.completion.token_ids == d.completion.token_ids and a.completion.logprobs == pytest.approx(
+            d.completion.logprobs, abs=1e-4)
