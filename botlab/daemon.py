@@ -322,9 +322,10 @@ class Daemon:
         self._phase(side, "warm start", "save")
         metrics = warm_start.save(self.selfplay, rounds)
         self.metrics.write(0, metrics)
-        message = (f"warm start: {metrics['warm_start/trained']:.0f} verified answers of "
-                   f"{metrics['warm_start/sampled']:.0f} trained in {len(rounds)} round(s), "
-                   f"{metrics['warm_start/seconds']:.0f} s; saved as checkpoints/step-000000")
+        trained = metrics["warm_start/trained"]
+        message = (f"warm start: {trained:.0f} verified answers of {metrics['warm_start/sampled']:.0f} trained in "
+                   f"{len(rounds)} round(s), {metrics['warm_start/seconds']:.0f} s"
+                   + ("; saved as checkpoints/step-000000" if trained else "; the weights are unchanged"))
         self.store.log_event("warm_start", message)
         self.progress.note(message)
 

@@ -166,14 +166,17 @@ def metrics(rounds: list[RoundReport]) -> dict[str, float]:
 def save(selfplay, rounds: list[RoundReport]) -> dict[str, float]:
     """Make the warm start durable: its weights become step 0's resume state (a restart resumes from them and never
     warm-starts again) and checkpoint (`botlab eval --model RUN/checkpoints/step-000000` scores the warm start
-    alone). Returns its metrics, recorded at step 0."""
+    alone); when no round found a correct answer the weights are the base model's and nothing is written. Returns
+    its metrics, recorded at step 0."""
     team, store = selfplay.team, selfplay.store
-    state = save_resume_state(team.run_dir, 0, selfplay.learner)
-    save_checkpoint(team.run_dir, 0, selfplay.learner, selfplay.engine.tokenizer, state,
-                    team.schedules.keep_checkpoints)
+    state = None
+    if any(r.trained for r in rounds):
+        state = save_resume_state(team.run_dir, 0, selfplay.learner)
+        save_checkpoint(team.run_dir, 0, selfplay.learner, selfplay.engine.tokenizer, state)
     values = metrics(rounds)
     with store.transaction():
         store.record_metrics(0, values)
-        store.put(RESUME_KEY, store.relative(state))
+        if state is not None:
+            store.put(RESUME_KEY, store.relative(state))
         store.put(WARM_START_DONE_KEY, True)
     return values
