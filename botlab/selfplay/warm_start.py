@@ -26,7 +26,6 @@ from botlab.rundir import RESUME_KEY, WARM_START_DONE_KEY
 from botlab.selfplay.checkpoints import save_checkpoint, save_resume_state
 from botlab.selfplay.generation import Sample
 from botlab.selfplay.learner import Learner
-from botlab.tasks import Triplet
 
 
 @dataclass
@@ -43,11 +42,6 @@ class RoundReport:
         loss = self.fine_tune.get("loss")
         trained = f"fine-tuned on {len(self.trained)}" + (f" (loss {loss:.3f})" if loss is not None else "")
         return f"warm start round {self.round}: correct {rates}; {trained}; {self.seconds:.0f} s"
-
-
-def buffered_tasks(selfplay) -> list[Triplet]:
-    """Every task in the buffers of the team's task types (the held-out split is never in a buffer)."""
-    return [task for t in selfplay.cfg.task_types for task in selfplay.buffers.tasks(t)]
 
 
 def verified(samples: list[Sample], max_per_task: int) -> list[Sample]:
@@ -113,9 +107,8 @@ def run_round(selfplay, round_no: int, cfg: WarmStartConfig, on_phase: Callable[
     solver_cfg = selfplay.team.roles.solver
     if cfg.temperature is not None:
         solver_cfg = solver_cfg.model_copy(update={"temperature": cfg.temperature})
-    tasks: dict = {}
-    for task in buffered_tasks(selfplay):
-        tasks.setdefault(task.task_type, []).append(task)
+    # Every buffered task (the held-out split is never in a buffer).
+    tasks = {t: selfplay.buffers.tasks(t) for t in selfplay.cfg.task_types}
     on_phase("sample and check")
     samples = selfplay.solve(tasks, n=cfg.samples_per_task, role_cfg=solver_cfg)
     for s in samples:
