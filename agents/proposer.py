@@ -104,6 +104,12 @@ class Proposer:
             )
         return chat(self.prompts["system"], user)
 
+    def revision_messages(self, messages: list[dict], reply: str, reason: str, detail: str = "") -> list[dict]:
+        """The conversation after a failed proposal: its reply, then why it failed (roles.proposer.revise)."""
+        verdict = reason.replace("_", " ") + (f" ({detail.strip()[:200]})" if detail.strip() else "")
+        return [*messages, {"role": "assistant", "content": reply},
+                {"role": "user", "content": render(self.prompts["revise"], verdict=verdict)}]
+
     def primed(self, task_type: TaskType) -> list[Segment]:
         """The reply's parts when the team primes answers (roles.proposer.prime_answer)."""
         check_task_type(task_type)

@@ -226,6 +226,11 @@ class SamplingConfig(Strict):
 
 class ProposerConfig(SamplingConfig):
     max_new_tokens: int = Field(384, ge=8, description="completion budget per turn (a program and its inputs)")
+    revise: bool = Field(
+        False, description="a second turn for a proposal that failed: the parser's or the sandbox's verdict goes back "
+        "to the proposer (its agent's observation) and it writes once more; the revision is validated, reviewed and "
+        "trained like any proposal (the first turn keeps its penalty), in seed rounds too"
+    )
 
 
 class SolverConfig(SamplingConfig):

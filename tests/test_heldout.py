@@ -9,7 +9,8 @@ from botlab.curriculum import Curriculum
 from botlab.engines import Completion
 from botlab.selfplay import heldout
 from botlab.selfplay.generation import Sample
-from botlab.selfplay.step import Proposal, SelfPlay, StepReport
+from botlab.selfplay.proposals import Proposal
+from botlab.selfplay.step import SelfPlay, StepReport
 from botlab.selfplay.summary import StepSummary
 from botlab.store import open_store
 from botlab.tasks import Triplet

@@ -13,7 +13,7 @@ from botlab.selfplay.buffers import Buffers, insert_task
 from botlab.selfplay.generation import Sample
 
 if TYPE_CHECKING:
-    from botlab.selfplay.step import Proposal
+    from botlab.selfplay.proposals import Proposal
 
 PROMPT_CHARS = 4000  # the end of the prompt is kept (the references come first; the task last)
 

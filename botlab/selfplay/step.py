@@ -32,6 +32,7 @@ from botlab.selfplay.checking import check_answers
 from botlab.selfplay.checkpoints import save_checkpoint, save_resume_state
 from botlab.selfplay.generation import Generator, Prompt, Sample
 from botlab.selfplay.learner import Learner, Rollout
+from botlab.selfplay.proposals import Proposal, read_proposal, revision_prompts
 from botlab.selfplay.records import insert_sample, store_proposal
 from botlab.selfplay.rewards import proposer_reward, solver_reward
 from botlab.selfplay.summary import StepSummary, summarise
@@ -42,18 +43,6 @@ from botlab.tasks import Triplet, zero_triplet
 log = logging.getLogger(__name__)
 
 PhaseCallback = Callable[[str], None]
-
-
-@dataclass
-class Proposal:
-    sample: Sample
-    parse_ok: bool
-    reason: str | None
-    triplet: Triplet | None = None
-    valid: bool = False
-    admitted: bool = False
-    heldout: bool = False  # admitted, but set aside for the held-out split (selfplay/heldout.py): never trained on
-    solve_rate: float | None = None
 
 
 @dataclass
@@ -110,6 +99,9 @@ class SelfPlay:
         proposals = self._propose(curriculum, rng, seeding=True, temperature=self.cfg.seed_temperature)
         on_phase("seed: validate")
         self._validate(proposals)
+        if self.team.roles.proposer.revise:
+            on_phase("seed: revise")
+            proposals += self._revise(proposals, temperature=self.cfg.seed_temperature)
         on_phase("seed: review")
         self._review(proposals, curriculum)
         with self.store.transaction() as db:
@@ -134,6 +126,9 @@ class SelfPlay:
             proposals = self._propose(curriculum, rng)
         with clock("validate"):
             self._validate(proposals)
+        if self.team.roles.proposer.revise:
+            with clock("revise"):
+                proposals += self._revise(proposals)
         with clock("review"):
             self._review(proposals, curriculum)
         with clock("learnability"):
@@ -159,6 +154,10 @@ class SelfPlay:
         report.summary, report.metrics = summarise(
             proposals, solutions, train_stats, report.timings, self.generator.generated_tokens - start_tokens,
             self.buffers.sizes(), heldout.counts(self.store))
+        revised = [p for p in proposals if p.revision]
+        if revised:
+            report.metrics |= {"proposer/revisions": len(revised),
+                               "proposer/revisions_valid": sum(p.valid for p in revised)}
         report.proposals, report.solutions = proposals, solutions
         return report
 
@@ -236,17 +235,21 @@ class SelfPlay:
                 prompts.append((task_type, messages, parts))
                 programs.append(program)
         samples = self.generator.generate("proposer", prompts, role_cfg, n=1)
-        proposals = []
-        for (task_type, _, _), program, [sample] in zip(prompts, programs, samples):
-            parsed = self.proposer.parse(task_type, sample.text, program=program and program.program)
-            proposal = Proposal(sample, parsed.ok, parsed.reason)
-            if parsed.ok:
-                if task_type == "induction":
-                    proposal.triplet = Triplet(program.program, parsed.inputs, [], parsed.message, task_type)
-                else:
-                    proposal.triplet = Triplet(parsed.program, parsed.inputs[:1], [], "", task_type)
-            proposals.append(proposal)
-        return proposals
+        return [read_proposal(self.proposer, prompt, program, sample)
+                for prompt, program, [sample] in zip(prompts, programs, samples)]
+
+    def _revise(self, proposals: list[Proposal], temperature: float | None = None) -> list[Proposal]:
+        """A second turn for each proposal that failed to parse or to run (roles.proposer.revise), validated here;
+        review and rewards follow with the others."""
+        role_cfg = self.team.roles.proposer
+        if temperature is not None:
+            role_cfg = role_cfg.model_copy(update={"temperature": temperature})
+        failed, prompts = revision_prompts(self.proposer, self.engine, proposals, role_cfg.max_new_tokens)
+        samples = self.generator.generate("proposer", prompts, role_cfg, n=1)
+        revisions = [read_proposal(self.proposer, prompt, p.program, sample, revision=True)
+                     for prompt, p, [sample] in zip(prompts, failed, samples)]
+        self._validate(revisions)
+        return revisions
 
     def _fitting_messages(self, task_type: TaskType, references: list[Triplet], curriculum: Curriculum,
                           budget: int) -> list[dict] | None:
@@ -272,7 +275,7 @@ class SelfPlay:
             if result.valid:
                 p.triplet.outputs = result.outputs
             else:
-                p.reason = result.reason
+                p.reason, p.detail = result.reason, result.detail
 
     def _review(self, proposals: list[Proposal], curriculum: Curriculum) -> None:
         by_type: dict[TaskType, list[Proposal]] = defaultdict(list)

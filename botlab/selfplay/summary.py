@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from botlab.selfplay.generation import Sample
-    from botlab.selfplay.step import Proposal
+    from botlab.selfplay.proposals import Proposal
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""A proposal as the step carries it from the proposer's reply to the buffers, and the proposer's second turn.
+
+`read_proposal` turns a reply into a Proposal (parsed, or why not); `revision_prompts` builds, for each proposal that
+failed to parse or to run, the conversation that gives the proposer the verdict and asks once more
+(roles.proposer.revise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from botlab.agents.proposer import Proposer
+from botlab.engines import Engine
+from botlab.selfplay.generation import Prompt, Sample
+from botlab.tasks import Triplet
+
+
+@dataclass
+class Proposal:
+    sample: Sample
+    parse_ok: bool
+    reason: str | None
+    triplet: Triplet | None = None
+    valid: bool = False
+    admitted: bool = False
+    heldout: bool = False  # admitted, but set aside for the held-out split (selfplay/heldout.py): never trained on
+    solve_rate: float | None = None
+    detail: str = ""  # what the parser or the sandbox said about a failure
+    prompt: Prompt | None = None  # what it answered, and the induction program it probed (for a revision turn)
+    program: Triplet | None = None
+    revision: bool = False  # the second turn of a failed proposal (roles.proposer.revise)
+
+
+def read_proposal(proposer: Proposer, prompt: Prompt, program: Triplet | None, sample: Sample,
+                  revision: bool = False) -> Proposal:
+    """The proposal in a reply to `prompt`; for induction `program` is the probed program."""
+    task_type = prompt[0]
+    parsed = proposer.parse(task_type, sample.text, program=program and program.program)
+    proposal = Proposal(sample, parsed.ok, parsed.reason, detail=parsed.detail, prompt=prompt, program=program,
+                        revision=revision)
+    if parsed.ok:
+        if task_type == "induction":
+            proposal.triplet = Triplet(program.program, parsed.inputs, [], parsed.message, task_type)
+        else:
+            proposal.triplet = Triplet(parsed.program, parsed.inputs[:1], [], "", task_type)
+    return proposal
+
+
+def revision_prompts(proposer: Proposer, engine: Engine, proposals: list[Proposal], budget: int
+                     ) -> tuple[list[Proposal], list[Prompt]]:
+    """The first-turn proposals that failed, and for each the conversation asking again (the reply, then the
+    verdict); those whose conversation would leave no room for a reply within max_model_len are left out."""
+    failed, prompts = [], []
+    for p in proposals:
+        if p.valid or p.revision or p.prompt is None:
+            continue
+        task_type, messages, parts = p.prompt
+        again = proposer.revision_messages(messages, p.sample.text, p.reason or "invalid", p.detail)
+        if len(engine.chat_prompt_ids(again)) + budget < engine.max_model_len:
+            failed.append(p)
+            prompts.append((task_type, again, parts))
+    return failed, prompts
