@@ -284,9 +284,11 @@ def test_run_refuses_fsdp_outside_a_launch_and_with_lora(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", ["", ", lora: {enabled: true}", ", lora: {enabled: true, quantize: 4bit}"],
-                         ids=["full", "lora", "qlora"])
-def test_learner_estimate_agrees_with_a_measured_update_on_cpu(tmp_path, builtin_model_dir, lora):
+@pytest.mark.parametrize("lora, train", [("", ""), ("", ", gradient_checkpointing: true"),
+                                         (", lora: {enabled: true}", ""),
+                                         (", lora: {enabled: true, quantize: 4bit}", "")],
+                         ids=["full", "full-checkpointing", "lora", "qlora"])
+def test_learner_estimate_agrees_with_a_measured_update_on_cpu(tmp_path, builtin_model_dir, lora, train):
     """Two real train_steps of the embedded model on full-length rollouts, in a fresh process: peak RSS minus the RSS
     after imports, against the plan's learner parts while training. The LoRA case loads the frozen base in
     model.dtype (bf16), QLoRA in 4-bit NF4, the adapters in fp32, as the plan counts them."""
@@ -295,7 +297,7 @@ def test_learner_estimate_agrees_with_a_measured_update_on_cpu(tmp_path, builtin
         name: peak
         model: {{name: "builtin:smollm2-135m", engine: transformers, max_model_len: 256{lora_keys}}}
         roles: {{proposer: {{max_new_tokens: 128}}, solver: {{max_new_tokens: 128}}}}
-        train: {{micro_batch: 2}}
+        train: {{micro_batch: 2{train}}}
     """)
     plan = make_plan(load_team(team_file))
     planned = sum(p.bytes for p in plan.parts if p.name.startswith("learner") and "training" in p.phases)
@@ -303,6 +305,6 @@ def test_learner_estimate_agrees_with_a_measured_update_on_cpu(tmp_path, builtin
                          text=True, cwd=REPO, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     measured = json.loads(run.stdout.strip().splitlines()[-1])["learner_bytes"]
-    print(f"{lora or 'full'}: planned {planned / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB "
+    print(f"{lora or 'full'}{train}: planned {planned / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB "
           f"(ratio {planned / measured:.2f})")
     assert 0.5 * measured <= planned <= 2 * measured
