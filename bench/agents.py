@@ -1,12 +1,14 @@
-"""What the smolagents role agents cost: a demo step's generation through agents vs. the direct batched call.
+"""What the smolagents role agents cost, and what one round for both roles saves, on a demo step's generation.
 
     botlab bench agents [--rounds N] [--json]
 
 The demo team's proposer prompts (propose_batch per task type, primed) and solver prompts (solve_batch per task type,
 times solver_samples) are generated both ways on the same engine, alternating, greedy (so both ways do the
-same work token for token): through one RoleAgent per prompt on the batching policy model (as the step does), and
-straight through Generator.generate_batch (the step before the agents). Prints seconds per way and the ratio
-agents / direct; the host is shared and noisy, so compare the ratio, with the load average beside it.
+same work token for token): straight through Generator.generate_batch, one call per role (the step before the
+agents: "direct"); through one RoleAgent per prompt on the batching policy model, one round per role ("agents");
+and both roles' agents in one round, one engine call per reply part (what the step does now: "together"). Prints
+seconds per way and the ratios agents / direct and together / agents; the host is shared and noisy, so compare
+ratios, with the load average beside them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def run(rounds: int) -> dict:
     from botlab.engines import create_engine
     from botlab.models import resolve_model
     from botlab.sandbox import Executor
+    from botlab.selfplay.generation import Ask
     from botlab.selfplay.step import SelfPlay
     from botlab.store import open_store
 
@@ -55,6 +58,8 @@ def run(rounds: int) -> dict:
                                generator.generate_batch("solver", solve, solver, 1)),
             "agents": lambda: (generator.generate("proposer", propose, proposer, 1),
                                generator.generate("solver", solve, solver, 1)),
+            "together": lambda: generator.generate_together([Ask("proposer", propose, proposer),
+                                                             Ask("solver", solve, solver)]),
         }
         ways["direct"]()  # warm-up: first-shape kernels and caches for both
         seconds = {way: 0.0 for way in ways}
@@ -67,6 +72,7 @@ def run(rounds: int) -> dict:
     engine.close()
     return {"engine": why, "rounds": rounds, "prompts": {"proposer": len(propose), "solver": len(solve)},
             "seconds": seconds, "ratio_agents_to_direct": seconds["agents"] / seconds["direct"],
+            "ratio_together_to_agents": seconds["together"] / seconds["agents"],
             "load_before": load_before, "load_after": os.getloadavg()[0], "cpus": os.cpu_count()}
 
 
@@ -80,6 +86,8 @@ def main(rounds: int = 5, as_json: bool = False) -> int:
           f"prompts, greedy, {report['rounds']} rounds each way, alternating; {report['engine']})")
     print(f"direct batched call  {s['direct']:.2f} s")
     print(f"through role agents  {s['agents']:.2f} s")
-    print(f"ratio agents / direct: {report['ratio_agents_to_direct']:.3f} (load average {report['load_before']:.1f} "
-          f"before, {report['load_after']:.1f} after, {report['cpus']} CPUs)")
+    print(f"both roles together  {s['together']:.2f} s")
+    print(f"ratio agents / direct: {report['ratio_agents_to_direct']:.3f}; together / agents: "
+          f"{report['ratio_together_to_agents']:.3f} (load average {report['load_before']:.1f} before, "
+          f"{report['load_after']:.1f} after, {report['cpus']} CPUs)")
     return 0

@@ -78,3 +78,29 @@ def test_the_step_generates_through_agents_as_the_direct_call_does(tmp_path, tra
         assert a.prompt_ids == d.prompt_ids
         assert a.completion.token_ids == d.completion.token_ids and a.completion.logprobs == pytest.approx(
             d.completion.logprobs, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_steps_proposer_and_solver_turns_share_one_engine_call(tmp_path, transformers_engine, sandbox):
+    """The solver tasks are drawn before proposing, so their answers come from the proposals' round: the first
+    engine call of a step holds every proposer prompt and every solver prompt (solver_samples answers each)."""
+    team = TeamConfig(name="together", storage_dir=tmp_path,
+                      selfplay={"propose_batch": 2, "solve_batch": 2, "solver_samples": 2, "seed_size": 1,
+                                "induction_inputs": 3, "induction_visible": 2, "heldout_size": 0},
+                      roles={"proposer": {"max_new_tokens": 24}, "solver": {"max_new_tokens": 12}})
+    with open_store(team.run_dir) as store:
+        selfplay = SelfPlay(team, store, transformers_engine, sandbox, learner=None)
+        selfplay.ensure_zero_triplets()
+        calls = []
+        generate = transformers_engine.generate
+        transformers_engine.generate = lambda prompts, sampling: calls.append(
+            sorted((s.n, s.max_tokens) for s in sampling)) or generate(prompts, sampling)
+        try:
+            report = selfplay.run_step(1)
+        finally:
+            del transformers_engine.generate
+    first = calls[0]
+    assert first.count((1, 24)) == 6  # two proposals per task type
+    assert first.count((2, 12)) == 6  # two solver tasks per type, two answers each
+    assert len(report.solutions) == 12 and all(s.reward is not None for s in report.solutions)
+    assert {s.role for s in report.solutions} == {"solver"} and {p.sample.role for p in report.proposals} == {"proposer"}

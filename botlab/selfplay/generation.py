@@ -44,6 +44,16 @@ class Sample:
         return self.prefix + self.completion.text + self.suffix
 
 
+@dataclass
+class Ask:
+    """One role's part of a round: its prompts, its sampling, and how many replies each prompt gets."""
+
+    role: str
+    prompts: list[Prompt]
+    role_cfg: SamplingConfig
+    n: int = 1
+
+
 class Generator:
     """Batched engine calls, one per reply part; counts the tokens the model generated."""
 
@@ -52,57 +62,73 @@ class Generator:
         self.generated_tokens = 0
 
     def generate(self, role: str, prompts: list[Prompt], role_cfg: SamplingConfig, n: int) -> list[list[Sample]]:
-        """`n` samples per prompt, in the order of `prompts`: each prompt is a smolagents agent of the role
-        (agents/role_agent.py) and the agents' turns reach the engine as one batch."""
-        def answer_all(requests: list[tuple[list[dict], Prompt]]) -> list[list[Sample]]:
-            # The agents' messages are the role's own (the agent adds nothing to what the policy is trained on).
-            asked = [(task_type, messages, parts) for messages, (task_type, _, parts) in requests]
-            return self.generate_batch(role, asked, role_cfg, n)
+        """`n` samples per prompt, in the order of `prompts`."""
+        [groups] = self.generate_together([Ask(role, prompts, role_cfg, n)])
+        return groups
 
-        return run_role_agents([(prompt[1], prompt) for prompt in prompts], answer_all)
+    def generate_together(self, asks: list[Ask]) -> list[list[list[Sample]]]:
+        """Every ask's samples (per ask, per prompt) from one round: each prompt is a smolagents agent of its role
+        (agents/role_agent.py), and all the agents' turns reach the engine as one batch, whatever their roles."""
+        flat = [(ask, prompt) for ask in asks for prompt in ask.prompts]
+
+        def answer_all(requests: list[tuple[list[dict], tuple[Ask, Prompt]]]) -> list[list[Sample]]:
+            # The agents' messages are the role's own (the agent adds nothing to what the policy is trained on).
+            return self._engine_round([(ask, (prompt[0], messages, prompt[2])) for messages, (ask, prompt) in requests])
+
+        replies = run_role_agents([(prompt[1], (ask, prompt)) for ask, prompt in flat], answer_all)
+        out, start = [], 0
+        for ask in asks:
+            out.append(replies[start:start + len(ask.prompts)])
+            start += len(ask.prompts)
+        return out
 
     def generate_batch(self, role: str, prompts: list[Prompt], role_cfg: SamplingConfig, n: int
                        ) -> list[list[Sample]]:
-        """`n` samples per prompt straight from the engine, with primed replies written part by part."""
-        if not prompts:
+        """`n` samples per prompt straight from the engine (no agents)."""
+        ask = Ask(role, prompts, role_cfg, n)
+        return self._engine_round([(ask, prompt) for prompt in prompts])
+
+    def _engine_round(self, items: list[tuple[Ask, Prompt]]) -> list[list[Sample]]:
+        """The samples of each (ask, prompt), with primed replies written part by part: one engine call per part."""
+        if not items:
             return []
         ids, samplings = [], []
-        for _, messages, parts in prompts:
+        for ask, (_, messages, parts) in items:
             opening = self._encode(parts[0].opening) if parts else []
             ids.append(self.engine.chat_prompt_ids(messages) + opening)
-            samplings.append(Sampling(n=n, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
-                                      max_tokens=_budget(parts[0] if parts else None, role_cfg),
+            samplings.append(Sampling(n=ask.n, temperature=ask.role_cfg.temperature, top_p=ask.role_cfg.top_p,
+                                      max_tokens=_budget(parts[0] if parts else None, ask.role_cfg),
                                       stop=[parts[0].stop] if parts else []))
         outputs = self.engine.generate(ids, samplings)
         groups = []
-        for (task_type, messages, parts), prompt_ids, completions in zip(prompts, ids, outputs):
+        for (ask, (task_type, messages, parts)), prompt_ids, completions in zip(items, ids, outputs):
             self.generated_tokens += sum(len(c.token_ids) for c in completions)
             closed = parts[0].parsed_closing if parts else ""
             groups.append([
-                Sample(role, task_type, prompt_ids, messages[-1]["content"], c, role_cfg.temperature,
+                Sample(ask.role, task_type, prompt_ids, messages[-1]["content"], c, ask.role_cfg.temperature,
                        prefix=parts[0].opening if parts else "",
                        suffix=closed if self.engine.stopped_at_string(c) else "")
                 for c in completions
             ])
-        for k in range(1, max(len(parts) for _, _, parts in prompts)):
+        for k in range(1, max(len(prompt[2]) for _, prompt in items)):
             # A non-empty suffix says the previous part reached its stop string; the others stay as they ended.
-            todo = [(s, parts[k]) for (_, _, parts), group in zip(prompts, groups) if len(parts) > k
-                    for s in group if s.suffix]
-            self._continue(todo, role_cfg)
+            todo = [(s, parts[k], ask.role_cfg) for (ask, (_, _, parts)), group in zip(items, groups)
+                    if len(parts) > k for s in group if s.suffix]
+            self._continue(todo)
         return groups
 
-    def _continue(self, todo: list[tuple[Sample, Segment]], role_cfg: SamplingConfig) -> None:
+    def _continue(self, todo: list[tuple[Sample, Segment, SamplingConfig]]) -> None:
         """Open the next part of each reply (its tokens get mask 0) and let the model write it."""
         if not todo:
             return
         ids, samplings, openings = [], [], []
-        for s, part in todo:
+        for s, part, role_cfg in todo:
             openings.append(self._encode(part.opening))
             ids.append(s.prompt_ids + s.completion.token_ids + openings[-1])
             samplings.append(Sampling(n=1, temperature=role_cfg.temperature, top_p=role_cfg.top_p,
                                       max_tokens=_budget(part, role_cfg), stop=[part.stop]))
         outputs = self.engine.generate(ids, samplings)
-        for (s, part), opening, [tail] in zip(todo, openings, outputs):
+        for (s, part, _), opening, [tail] in zip(todo, openings, outputs):
             head = s.completion
             self.generated_tokens += len(tail.token_ids)
             s.completion = Completion(

@@ -30,7 +30,7 @@ from botlab.selfplay.buffers import Buffers, insert_task
 from botlab.selfplay import heldout
 from botlab.selfplay.checking import check_answers
 from botlab.selfplay.checkpoints import save_checkpoint, save_resume_state
-from botlab.selfplay.generation import Generator, Prompt, Sample
+from botlab.selfplay.generation import Ask, Generator, Prompt, Sample
 from botlab.selfplay.learner import Learner, Rollout
 from botlab.selfplay.proposals import Proposal, read_proposal, revision_prompts
 from botlab.selfplay.records import insert_sample, store_proposal
@@ -96,7 +96,7 @@ class SelfPlay:
         rng = random.Random(f"{self.team.train.seed}-seed-{round_no}")
         curriculum = load_curriculum(self.store)
         on_phase("seed: propose")
-        proposals = self._propose(curriculum, rng, seeding=True, temperature=self.cfg.seed_temperature)
+        proposals, _ = self._propose(curriculum, rng, seeding=True, temperature=self.cfg.seed_temperature)
         on_phase("seed: validate")
         self._validate(proposals)
         if self.team.roles.proposer.revise:
@@ -122,8 +122,11 @@ class SelfPlay:
         solve_tasks = {t: self.buffers.solver_batch(t, self._share(t, self.cfg.solve_batch, curriculum), rng)
                        for t in self._active_types(curriculum)}
 
+        # ... and their answers come from the proposals' round of the engine: one batch, the same weights.
+        solve_prompts, owners = self._solver_prompts(solve_tasks)
         with clock("propose"):
-            proposals = self._propose(curriculum, rng)
+            proposals, solver_groups = self._propose(
+                curriculum, rng, solver=Ask("solver", solve_prompts, self.team.roles.solver, self.cfg.solver_samples))
         with clock("validate"):
             self._validate(proposals)
         if self.team.roles.proposer.revise:
@@ -139,7 +142,7 @@ class SelfPlay:
                 format_penalty=self.team.train.format_penalty, wrong_penalty=self.team.train.wrong_penalty,
             )
         with clock("solve"):
-            solutions = self.solve(solve_tasks)
+            solutions = self._solutions(solver_groups, owners)
         samples = [p.sample for p in proposals if not p.heldout] + solutions
         syncs = self.learner is not None and not self.engine.shares_learner
         with clock("learn"):
@@ -210,7 +213,9 @@ class SelfPlay:
         return max(1, round(batch * len(active) * weights[task_type] / total)) if total else 0
 
     def _propose(self, curriculum: Curriculum, rng: random.Random, seeding: bool = False,
-                 temperature: float | None = None) -> list[Proposal]:
+                 temperature: float | None = None, solver: Ask | None = None
+                 ) -> tuple[list[Proposal], list[list[Sample]]]:
+        """The proposals, and the replies to `solver`'s prompts from the same round of the engine."""
         prompts: list[Prompt] = []
         programs: list[Triplet | None] = []
         role_cfg = self.team.roles.proposer
@@ -234,9 +239,11 @@ class SelfPlay:
                 parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
                 prompts.append((task_type, messages, parts))
                 programs.append(program)
-        samples = self.generator.generate("proposer", prompts, role_cfg, n=1)
-        return [read_proposal(self.proposer, prompt, program, sample)
-                for prompt, program, [sample] in zip(prompts, programs, samples)]
+        samples, solver_groups = self.generator.generate_together(
+            [Ask("proposer", prompts, role_cfg), solver or Ask("solver", [], self.team.roles.solver)])
+        proposals = [read_proposal(self.proposer, prompt, program, sample)
+                     for prompt, program, [sample] in zip(prompts, programs, samples)]
+        return proposals, solver_groups
 
     def _revise(self, proposals: list[Proposal], temperature: float | None = None) -> list[Proposal]:
         """A second turn for each proposal that failed to parse or to run (roles.proposer.revise), validated here;
@@ -312,14 +319,17 @@ class SelfPlay:
     def solve(self, tasks: dict[TaskType, list[Triplet]], n: int | None = None,
               role_cfg: SamplingConfig | None = None) -> list[Sample]:
         """`n` answers per task (default selfplay.solver_samples) with the solver's sampling (or `role_cfg`), checked
-        in the sandbox and rewarded. The step's solve phase; the warm start's too."""
+        in the sandbox and rewarded: the warm start's answers (a step generates its own with the proposals)."""
         n, role_cfg = n or self.cfg.solver_samples, role_cfg or self.team.roles.solver
-        prompts, owners = [], []
-        for task_type, batch in tasks.items():
-            for task in batch:
-                prompts.append(self._solver_prompt(task))
-                owners.append(task)
-        groups = self.generator.generate("solver", prompts, role_cfg, n=n)
+        prompts, owners = self._solver_prompts(tasks)
+        return self._solutions(self.generator.generate("solver", prompts, role_cfg, n=n), owners)
+
+    def _solver_prompts(self, tasks: dict[TaskType, list[Triplet]]) -> tuple[list[Prompt], list[Triplet]]:
+        owners = [task for batch in tasks.values() for task in batch]
+        return [self._solver_prompt(task) for task in owners], owners
+
+    def _solutions(self, groups: list[list[Sample]], owners: list[Triplet]) -> list[Sample]:
+        """The solver's replies to `owners`, checked in the sandbox (one batch) and rewarded."""
         samples = []
         for group, task in zip(groups, owners):
             for sample in group:
