@@ -43,6 +43,7 @@ DIGEST_AT_KEY, POLL_AT_KEY = "schedule/digest_at", "schedule/poll_at"
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)  # long Message-IDs must not be folded
 # Feedback that changed nothing is answered at once, not at the digest; so are /status and /ask.
 ANSWERED = ("applied", "question", "ignored", "error", REQUEST_ANSWERED)  # every message: answered
+WAITING = "received: the model answers at the next pause between training phases (it is busy with one now)"
 ANSWERED_UP_TO_KEY = "feedback/answered_up_to"  # feedback ids up to this one had their answers enqueued
 
 
@@ -308,6 +309,8 @@ class Reporter:
             applied = await asyncio.to_thread(apply_pending, self.store, self.interpreter,
                                               requests_for(self.store, self.team, self.policy), model_free)
             self._enqueue_answers(time.time())
+            if model_free:
+                self._acknowledge_waiting(time.time())
             return applied
 
     async def read_inbox(self) -> list[int]:
@@ -331,8 +334,8 @@ class Reporter:
     def _enqueue_answers(self, now: float) -> None:
         """Every message gets its answer back on the channel it came from: what it changed, the question it raised,
         why nothing changed, the error, or a request's (/status, /ask) answer. Enqueued with the mark of what was
-        answered, so a crash
-        in between loses none; one answered past the mark is enqueued again later, which its dedupe key ignores."""
+        answered, so a crash in between loses none; one answered past the mark is enqueued again later, which its
+        dedupe key ignores."""
         with self.store.transaction() as db:
             done = self._last_done_feedback()
             marks = ", ".join("?" * len(ANSWERED))
@@ -344,6 +347,19 @@ class Reporter:
                     outbox.enqueue(db, row["channel"], answer[0], "answer", answer[1],
                                    f"answer-{row['id']}:{row['channel']}", now)
             self.store.put(ANSWERED_UP_TO_KEY, done)
+
+    def _acknowledge_waiting(self, now: float) -> None:
+        """A message left waiting for the model (an /ask, words the model reads) while a phase holds the engine gets a
+        short word at once, so nobody waits a long phase in silence; its answer follows at the next pause (once per
+        message: the dedupe key)."""
+        with self.store.transaction() as db:
+            for row in self.store.query("SELECT * FROM feedback WHERE status = 'pending'"):
+                if row["external_id"].startswith("job:"):
+                    continue  # a NIP-90 job gets its result, or an error, and nothing in between
+                reply = self._answer(dict(row) | {"response": WAITING}, now)
+                if reply is not None:
+                    outbox.enqueue(db, row["channel"], reply[0], "answer", reply[1],
+                                   f"waiting-{row['id']}:{row['channel']}", now)
 
     def _answer(self, row, now: float) -> tuple[str, dict] | None:
         """(recipient, payload) of the answer to a feedback row, or None where its channel has no way back."""
@@ -384,6 +400,8 @@ def answer_text(text: str, response: str, status: str) -> str:
     quoted = "\n".join("> " + line for line in text.splitlines()[:20])
     if status == "applied":
         return f"You wrote:\n{quoted}\n\nDone: {response}"
+    if status == "pending":
+        return f"You wrote:\n{quoted}\n\n{response}"
     return f"You wrote:\n{quoted}\n\n{response}\n\nReply in plain words or with commands: {HELP}"
 
 
