@@ -72,7 +72,7 @@ def test_checkpoint_loads_in_transformers_and_resume_state_round_trips(tiny_dir,
     learner = Learner(tiny_dir, ModelConfig(), TrainConfig(lr=1e-2, bf16_autocast=False))
     learner.train_step([rollout(learner, 1.0)])
     state = save_resume_state(tmp_path, 1, learner)
-    folder = save_checkpoint(tmp_path, 1, learner, NoTokenizer(), state, keep=1)
+    folder = save_checkpoint(tmp_path, 1, learner, NoTokenizer(), state)
     loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = torch.tensor([[1, 2, 3, 4]])
     ours = learner.accelerator.unwrap_model(learner.model)
@@ -118,7 +118,8 @@ def test_checkpoints_are_pruned(tiny_dir, tmp_path):
     learner = Learner(tiny_dir, ModelConfig(), TrainConfig())
     state = save_resume_state(tmp_path, 1, learner)
     for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, learner, NoTokenizer(), state, keep=2)
+        save_checkpoint(tmp_path, step, learner, NoTokenizer(), state)
+        prune(tmp_path, committed_step=step, keep_checkpoints=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+# model.dtype -> what from_pretrained takes (learner and transformers engine alike).
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
 
 class EngineError(RuntimeError):
     """An engine cannot be created or used on this machine; the message says why and what to do."""

@@ -20,11 +20,10 @@ from transformers import (
 )
 
 from botlab.config import ModelConfig
-from botlab.engines.base import Completion, Engine, Sampling, load_tokenizer
+from botlab.engines.base import TORCH_DTYPES, Completion, Engine, Sampling, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 class TransformersEngine(Engine):
@@ -33,7 +32,7 @@ class TransformersEngine(Engine):
     def __init__(self, cfg: ModelConfig, model_dir: Path, learner_model: torch.nn.Module | None = None) -> None:
         self.shares_learner = learner_model is not None
         if learner_model is None:
-            learner_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[cfg.dtype])
+            learner_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[cfg.dtype])
             learner_model.eval()
         self.model = learner_model
         self.batch_rows = cfg.transformers_batch_size

@@ -65,11 +65,9 @@ def _step_of(folder: Path) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resume_state: Path,
-                    keep: int | None = None) -> Path:
+def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resume_state: Path) -> Path:
     """A Hugging Face folder that transformers and vLLM load directly, with the resume state beside the weights.
-    keep: prune older checkpoints now, beyond the newest `keep` (the daemon leaves keep unset: its prune job does
-    it after the commit, off the main thread)."""
+    Older checkpoints go in `prune`, after the commit."""
     folder = run_dir / "checkpoints" / f"step-{step:06d}"
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -78,10 +76,6 @@ def save_checkpoint(run_dir: Path, step: int, learner: Learner, tokenizer, resum
     shutil.copytree(resume_state, partial / "botlab_state", copy_function=_link_or_copy)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
-    if keep is not None:
-        checkpoints = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".partial"))
-        for old in checkpoints[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

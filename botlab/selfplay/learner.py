@@ -29,6 +29,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from botlab.config import ModelConfig, TrainConfig
+from botlab.engines.base import TORCH_DTYPES
 from botlab.selfplay.trr import clipped_policy_loss, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ class LearnerError(Exception):
     """A learner the team file asks for cannot be built here (said with the key to change)."""
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Learner:
         self.lora = model_cfg.lora.enabled
         # fp32 master weights; with LoRA the frozen base stays in model.dtype (peft keeps the adapters in fp32), or
         # in 4-bit NF4 with model.lora.quantize (QLoRA).
-        self.base_dtype = DTYPES[model_cfg.dtype] if model_cfg.dtype != "auto" else torch.bfloat16
+        self.base_dtype = TORCH_DTYPES[model_cfg.dtype] if model_cfg.dtype != "auto" else torch.bfloat16
         dtype = self.base_dtype if self.lora else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **_quantization(model_cfg, dtype))
         model.config.use_cache = False

@@ -218,9 +218,7 @@ class SelfPlay:
         """The proposals, and the replies to `solver`'s prompts from the same round of the engine."""
         prompts: list[Prompt] = []
         programs: list[Triplet | None] = []
-        role_cfg = self.team.roles.proposer
-        if temperature is not None:
-            role_cfg = role_cfg.model_copy(update={"temperature": temperature})
+        role_cfg = self._proposer_cfg(temperature)
         for task_type in self._active_types(curriculum):
             if seeding and self.buffers.size(task_type) >= self.cfg.seed_size:
                 continue
@@ -245,12 +243,15 @@ class SelfPlay:
                      for prompt, program, [sample] in zip(prompts, programs, samples)]
         return proposals, solver_groups
 
+    def _proposer_cfg(self, temperature: float | None) -> SamplingConfig:
+        """The proposer's sampling, at `temperature` when one is given (seed rounds)."""
+        role_cfg = self.team.roles.proposer
+        return role_cfg if temperature is None else role_cfg.model_copy(update={"temperature": temperature})
+
     def _revise(self, proposals: list[Proposal], temperature: float | None = None) -> list[Proposal]:
         """A second turn for each proposal that failed to parse or to run (roles.proposer.revise), validated here;
         review and rewards follow with the others."""
-        role_cfg = self.team.roles.proposer
-        if temperature is not None:
-            role_cfg = role_cfg.model_copy(update={"temperature": temperature})
+        role_cfg = self._proposer_cfg(temperature)
         failed, prompts = revision_prompts(self.proposer, self.engine, proposals, role_cfg.max_new_tokens)
         samples = self.generator.generate("proposer", prompts, role_cfg, n=1)
         revisions = [read_proposal(self.proposer, prompt, p.program, sample, revision=True)
