@@ -110,6 +110,13 @@ class Proposer:
         return [*messages, {"role": "assistant", "content": reply},
                 {"role": "user", "content": render(self.prompts["revise"], verdict=verdict)}]
 
+    def call_messages(self, program: str, n: int) -> tuple[list[dict], list[Segment]]:
+        """Messages asking for `n` calls of `program`, and the primed reply (one call per line): how a seed round
+        gets inputs for a program whose own input failed (selfplay.seed_call_inputs)."""
+        calls = [Segment("f(", "\n", max_tokens=_CALL_TOKENS)] * (n - 1)
+        user = render(self.prompts["calls"], program=program, n=n)
+        return chat(self.prompts["system"], user), [Segment("```python\nf(", "\n", max_tokens=_CALL_TOKENS), *calls]
+
     def primed(self, task_type: TaskType) -> list[Segment]:
         """The reply's parts when the team primes answers (roles.proposer.prime_answer)."""
         check_task_type(task_type)
@@ -133,6 +140,25 @@ class Proposer:
         if task_type == "induction":
             return self._parse_induction(blocks, program)
         return self._parse_program_and_input(blocks)
+
+    def read_program(self, completion_text: str) -> str | None:
+        """The program of a deduction/abduction reply whatever became of its input, or None."""
+        region, reason = answer_region(completion_text)
+        codes = _code_blocks(split_blocks(region)) if not reason else []
+        try:
+            return entry_program(codes[0]) if codes and codes[0].strip() else None
+        except CodeProblem:
+            return None
+
+    @staticmethod
+    def read_calls(completion_text: str) -> list[str]:
+        """The arguments of each line of the text that is one call of f, in order, without repeats."""
+        found: dict[str, str] = {}
+        for line in completion_text.splitlines():
+            text = _call_arguments(line) if _CALL_LINE.match(line) else None
+            if text and text.strip() and not check_arguments(text):
+                found.setdefault(_arguments_key(text), text.strip())
+        return list(found.values())
 
     def _parse_program_and_input(self, blocks: Blocks) -> ProposalParse:
         codes = _code_blocks(blocks)

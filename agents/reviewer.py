@@ -3,7 +3,8 @@
 Rule pass, in this order (the first failing check decides; every reason is machine-readable):
   "safety"               red-flag patterns in the program or message (reviewer.yaml), even if the sandbox ran it fine
   "exact_duplicate"      same fingerprint (comments, docstrings, formatting ignored) as a buffered program or an
-                         earlier admitted candidate of the same batch
+                         earlier admitted candidate of the same batch; for deduction and abduction a buffered program
+                         with a new input is a new task, up to cfg.inputs_per_program tasks per program
   "near_duplicate"       similarity >= cfg.near_duplicate_threshold to one of those (agents/similarity.py)
   "identity"             f returns one of its arguments unchanged
   "constant_output"      f never reads its arguments, or all of several outputs are equal
@@ -21,9 +22,11 @@ For induction the loop passes the induction buffer's programs: a program already
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 
 from botlab.agents.prompts import load_prompts
+from botlab.agents.pyast import PARSE_ERRORS
 from botlab.agents.review_agent import LLMReview
 from botlab.agents.review_rules import safety_flags, trivial_reason
 from botlab.agents.role_models import role_model
@@ -31,7 +34,15 @@ from botlab.agents.similarity import Pool, SimilarityIndex, fingerprint
 from botlab.config import ReviewerConfig, TaskType
 from botlab.tasks import Triplet
 
-__all__ = ["Reviewer", "Verdict", "fingerprint"]
+__all__ = ["Reviewer", "Verdict", "fingerprint", "input_key"]
+
+
+def input_key(arguments: str) -> str:
+    """An input up to formatting ("[1,2]" and "[1, 2]" are one input); nothing is evaluated."""
+    try:
+        return ast.dump(ast.parse(f"f({arguments}\n)", mode="eval"))
+    except PARSE_ERRORS:
+        return arguments.strip()
 
 
 @dataclass
@@ -54,18 +65,24 @@ class Reviewer:
         self.llm = LLMReview(llm_model, executor, self.goal) if llm_model is not None else None
 
     def review(
-        self, task_type: TaskType, candidates: list[Triplet], buffer_programs: list[str], rules: list[str] = ()
+        self, task_type: TaskType, candidates: list[Triplet], buffer_programs: list[str], rules: list[str] = (),
+        buffer_inputs: dict[str, set[str]] | None = None,
     ) -> list[Verdict]:
-        """One verdict per candidate, in order. `rules`: extra plain-language rules (curriculum) for the LLM pass."""
+        """One verdict per candidate, in order. `rules`: extra plain-language rules (curriculum) for the LLM pass.
+        `buffer_inputs`: the input keys (input_key) of the buffered tasks of this type, by program fingerprint;
+        programs missing there (held out, say) take no new inputs."""
         if not self.cfg.enabled:
             return [Verdict(True, None, "reviewer disabled") for _ in candidates]
         pool = self.index.pool(buffer_programs)
         admitted: list[str] = []  # programs of this batch admitted so far
+        inputs = {mark: set(keys) for mark, keys in (buffer_inputs or {}).items()}
         verdicts = []
         for candidate in candidates:
-            verdict = self._rules(task_type, candidate, pool, admitted)
+            verdict = self._rules(task_type, candidate, pool, admitted, inputs)
             if verdict.admit:
                 admitted.append(candidate.program)
+                if task_type != "induction" and candidate.inputs:
+                    inputs.setdefault(fingerprint(candidate.program), set()).add(input_key(candidate.inputs[0]))
             verdicts.append(verdict)
         if self.llm is not None:
             all_rules = [*self.cfg.rules, *rules]
@@ -74,11 +91,13 @@ class Reviewer:
                     verdicts[i] = self._llm_pass(task_type, candidate, pool, all_rules, verdicts[i])
         return verdicts
 
-    def _rules(self, task_type, candidate: Triplet, pool: Pool, admitted: list[str]) -> Verdict:
+    def _rules(self, task_type, candidate: Triplet, pool: Pool, admitted: list[str],
+               inputs: dict[str, set[str]]) -> Verdict:
         flags = safety_flags(candidate, self.patterns)
         if flags:
             return Verdict(False, "safety", "red flags: " + ", ".join(flags))
-        duplicate = self._duplicate(candidate.program, pool, admitted)
+        duplicate = None if self._new_input(task_type, candidate, inputs) else self._duplicate(
+            candidate.program, pool, admitted)
         if duplicate:
             return duplicate
         trivial = trivial_reason(task_type, candidate)
@@ -99,6 +118,16 @@ class Reviewer:
                 score, j = nearest[0]
                 return Verdict(False, "near_duplicate", f"{score:.2f} similar to {where} #{j} (threshold {threshold})")
         return None
+
+    def _new_input(self, task_type, candidate: Triplet, inputs: dict[str, set[str]]) -> bool:
+        """A known program with an input none of its tasks has, while it has fewer than cfg.inputs_per_program:
+        predicting a program's output on a new input (or finding one) is a new task, and copying a program is the
+        easiest thing a small proposer does."""
+        if task_type == "induction" or not candidate.inputs:
+            return False
+        known = inputs.get(fingerprint(candidate.program))
+        return known is not None and len(known) < self.cfg.inputs_per_program and \
+            input_key(candidate.inputs[0]) not in known
 
     def _llm_pass(self, task_type, candidate: Triplet, pool, rules: list[str], rule_verdict: Verdict) -> Verdict:
         decision, note = self.llm.judge(task_type, candidate, pool, rules)

@@ -273,6 +273,11 @@ class ReviewerConfig(UntrainedRoleConfig):
     near_duplicate_threshold: float = Field(
         0.9, gt=0, le=1, description="similarity of normalised programs above which a proposal is a near duplicate"
     )
+    inputs_per_program: int = Field(
+        1, ge=1, description="deduction/abduction tasks a buffered program may hold: a copy of it with an input "
+        "none of its tasks has is admitted until it has this many (a new output to predict, or to run backwards); "
+        "1 = a copied program is always a duplicate"
+    )
     llm: bool = Field(False, description="add an LLM review pass after the rule-based one")
     model: str = Field(
         POLICY, min_length=1, description="the LLM pass's model: 'policy' (the model being trained; the review "
@@ -369,6 +374,11 @@ class SelfPlayConfig(Strict):
     seed_temperature: float | None = Field(
         None, ge=0, description="proposer temperature while seeding (no training yet); higher gives a more diverse "
         "seed set. Default: roles.proposer.temperature"
+    )
+    seed_call_inputs: bool = Field(
+        False, description="seed rounds only: a deduction/abduction program that failed for its input (a small model "
+        "copies the zero triplet's 'Hello world' under `def f(a, b)`) gets the first of three calls of f the model "
+        "writes that runs; nothing in a seed round is trained (botlab/selfplay/seeding.py)"
     )
     induction_inputs: int = Field(10, ge=2, description="inputs an induction proposal must give")
     induction_visible: int = Field(5, ge=1, description="of those, shown to the solver; the rest are hidden tests")

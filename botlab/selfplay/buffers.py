@@ -12,6 +12,7 @@ import random
 import sqlite3
 import time
 
+from botlab.agents.reviewer import input_key
 from botlab.config import SelfPlayConfig, TaskType
 from botlab.store import Store
 from botlab.tasks import Triplet
@@ -70,6 +71,15 @@ class Buffers:
         return [r["program"] for r in self.store.query(
             "SELECT t.program FROM buffers b JOIN tasks t ON t.id = b.task_id WHERE b.task_type = ?", (task_type,)
         )]
+
+    def program_inputs(self, task_type: TaskType) -> dict[str, set[str]]:
+        """The input keys of the buffered tasks of this type, by program fingerprint (the reviewer's new-input
+        rule)."""
+        out: dict[str, set[str]] = {}
+        for r in self.store.query("SELECT t.fingerprint, t.inputs FROM buffers b JOIN tasks t ON t.id = b.task_id "
+                                  "WHERE b.task_type = ? AND t.fingerprint IS NOT NULL", (task_type,)):
+            out.setdefault(r["fingerprint"], set()).update(input_key(x) for x in json.loads(r["inputs"])[:1])
+        return out
 
     def _ids(self, *task_types: TaskType) -> list[int]:
         marks = ",".join("?" * len(task_types))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from botlab.agents.reviewer import fingerprint
 from botlab.selfplay import heldout
-from botlab.selfplay.buffers import Buffers, insert_task
+from botlab.selfplay.buffers import PROGRAM_TYPES, Buffers, insert_task
 from botlab.selfplay.generation import Sample
 
 if TYPE_CHECKING:
@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 PROMPT_CHARS = 4000  # the end of the prompt is kept (the references come first; the task last)
 
 
-def store_proposal(db: sqlite3.Connection, buffers: Buffers, step: int, p: Proposal) -> None:
-    """A parsed proposal becomes a task row (admitted, held out, rejected or invalid); its sample points to it."""
+def store_proposal(db: sqlite3.Connection, buffers: Buffers, step: int, p: Proposal, shared_seed: bool = False
+                   ) -> None:
+    """A parsed proposal becomes a task row (admitted, held out, rejected or invalid); its sample points to it.
+    `shared_seed` (seed rounds): an admitted deduction or abduction task joins both buffers, as AZR's seed set
+    starts both (a program and its input make either task)."""
     if p.triplet is None:
         p.sample.task = None
         return
@@ -28,8 +31,12 @@ def store_proposal(db: sqlite3.Connection, buffers: Buffers, step: int, p: Propo
     task_id = insert_task(db, step, p.triplet, status, p.reason, learn, fingerprint(p.triplet.program))
     p.triplet.id = task_id
     p.sample.task = p.triplet
-    if p.admitted:
-        buffers.add(db, p.triplet.task_type, task_id, step)
+    if not p.admitted:
+        return
+    both = shared_seed and p.triplet.task_type in PROGRAM_TYPES
+    for task_type in PROGRAM_TYPES if both else (p.triplet.task_type,):
+        if task_type in buffers.cfg.task_types:
+            buffers.add(db, task_type, task_id, step)
 
 
 def insert_sample(db: sqlite3.Connection, step: int, s: Sample) -> None:

@@ -27,7 +27,7 @@ from botlab.engines import Engine
 from botlab.rundir import RESUME_KEY
 from botlab.sandbox import Executor
 from botlab.selfplay.buffers import Buffers, insert_task
-from botlab.selfplay import heldout
+from botlab.selfplay import heldout, seeding
 from botlab.selfplay.checking import check_answers
 from botlab.selfplay.checkpoints import save_checkpoint, save_resume_state
 from botlab.selfplay.generation import Ask, Generator, Prompt, Sample
@@ -99,6 +99,10 @@ class SelfPlay:
         proposals, _ = self._propose(curriculum, rng, seeding=True, temperature=self.cfg.seed_temperature)
         on_phase("seed: validate")
         self._validate(proposals)
+        if self.cfg.seed_call_inputs:
+            on_phase("seed: inputs")
+            seeding.inputs_from_calls(self.proposer, self.generator, self.executor, proposals,
+                                      self._proposer_cfg(self.cfg.seed_temperature))
         if self.team.roles.proposer.revise:
             on_phase("seed: revise")
             proposals += self._revise(proposals, temperature=self.cfg.seed_temperature)
@@ -106,7 +110,7 @@ class SelfPlay:
         self._review(proposals, curriculum)
         with self.store.transaction() as db:
             for p in proposals:
-                store_proposal(db, self.buffers, -1, p)
+                store_proposal(db, self.buffers, -1, p, shared_seed=True)
         return self.buffers.sizes(), Counter("heldout" if p.heldout else p.reason or "admitted" for p in proposals)
 
     # --- the step ---------------------------------------------------------------------------------------------------
@@ -294,7 +298,8 @@ class SelfPlay:
         splitter = heldout.Splitter(self.store, self.cfg)
         for task_type, group in by_type.items():
             verdicts = self.reviewer.review(task_type, [p.triplet for p in group],
-                                            self.buffers.programs(task_type) + taken, curriculum.reviewer_rules)
+                                            self.buffers.programs(task_type) + taken, curriculum.reviewer_rules,
+                                            self.buffers.program_inputs(task_type))
             for p, verdict in zip(group, verdicts):
                 p.admitted = verdict.admit
                 if not verdict.admit:
