@@ -138,21 +138,23 @@ def entry_program(code: str) -> str:
     - Several top-level functions and none named f: the entry is ambiguous ("multiple_functions").
     - Top-level test scaffolding the model often appends (`print(f(3))`, `assert ...`, `result = f(5)`, an
       `if __name__ == "__main__":` block) is dropped: it is not the task, and the sandbox runs module-level code.
-    - Top-level functions and classes f never reaches are dropped, and so are definitions a later one of the same
-      name replaces: a small model pads its program with variants it never calls, which lengthens every prompt
-      that shows it and hides near duplicates from the reviewer.
+    - Top-level functions, classes and assignments f never reaches are dropped, and so are definitions a later one
+      of the same name replaces, and comments: a small model pads its program with variants it never calls, stray
+      values (`input = 'Hello world'`) and comments it copies from one proposal to the next, which lengthens every
+      prompt that shows it and hides duplicates from the reviewer (AZR's seeding strips comments and what follows
+      the function for the same reason).
     """
     tree = parse_module(code)
     functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     if not functions:
         raise CodeProblem("no_function", "the program defines no top-level function")
     if any(fn.name == "f" for fn in functions):
-        return _drop_unreachable(_drop_scaffolding(code, tree, "f"), "f")
+        return _drop_comments(_drop_unreachable(_drop_scaffolding(code, tree, "f"), "f"))
     if len(functions) > 1:
         names = ", ".join(fn.name for fn in functions)
         raise CodeProblem("multiple_functions", f"several top-level functions ({names}) and none named f")
     entry = functions[0].name
-    return rename(_drop_scaffolding(code, tree, entry), entry, "f")
+    return _drop_comments(rename(_drop_scaffolding(code, tree, entry), entry, "f"))
 
 
 def _drop_scaffolding(code: str, tree: ast.Module, entry: str) -> str:
@@ -169,23 +171,64 @@ def _drop_scaffolding(code: str, tree: ast.Module, entry: str) -> str:
 def _drop_unreachable(code: str, entry: str) -> str:
     tree = ast.parse(code)
     kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    values = (ast.Assign, ast.AnnAssign)
     all_definitions = [n for n in tree.body if isinstance(n, kinds)]
     definitions = {n.name: n for n in all_definitions}  # a name defined twice: the last definition is what runs
-    # Names that code outside the definitions mentions (constants, decorators) are used, as is f.
-    outside = [name for n in tree.body if not isinstance(n, kinds) for name in _names(n)]
+    assigned = [n for n in tree.body if isinstance(n, values)]
+    # Names that other top-level code mentions (imports, decorators, loops) are used, as is f; a top-level value is
+    # kept only when something kept reads it.
+    outside = [name for n in tree.body if not isinstance(n, (*kinds, *values)) for name in _names(n)]
     reached, todo = set(), [entry, *outside]
     while todo:
         name = todo.pop()
-        if name in definitions and name not in reached:
-            reached.add(name)
-            todo += _names(definitions[name])
+        if name in reached:
+            continue
+        reached.add(name)
+        if name in definitions:
+            todo += _free_names(definitions[name])
+        todo += [read for n in assigned if name in _targets(n) for read in _names(n.value or ast.Pass())]
+    kept_values = [n for n in assigned if reached & set(_targets(n))]
+    mentioned = {*outside, *(name for n in kept_values for name in _names(n.value or ast.Pass()))}
     drop: set[int] = set()
     for node in all_definitions:
-        shadowed = definitions[node.name] is not node and node.name not in outside
+        shadowed = definitions[node.name] is not node and node.name not in mentioned
         if shadowed or node.name not in reached:
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             drop.update(range(first, (node.end_lineno or node.lineno) + 1))
+    for node in assigned:
+        if node not in kept_values:
+            drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     return re.sub(r"\n{3,}", "\n\n", _without_lines(code, drop)).strip("\n") if drop else code
+
+
+def _free_names(node: ast.AST) -> list[str]:
+    """Names a definition reads from outside: for a function, not its parameters or its own local variables."""
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return _names(node)
+    a = node.args
+    local = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, *(x for x in (a.vararg, a.kwarg) if x)]}
+    local |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return [name for name in _names(node) if name not in local]
+
+
+def _targets(node: ast.Assign | ast.AnnAssign) -> list[str]:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return [name for t in targets for name in _names(t)]
+
+
+def _drop_comments(code: str) -> str:
+    """The code without its comments; a line that held only a comment goes too. Strings are left alone."""
+    try:
+        comments = [t.start for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type == tokenize.COMMENT]
+    except (tokenize.TokenError, SyntaxError):
+        return code
+    if not comments:
+        return code
+    lines = code.splitlines()
+    for row, col in comments:
+        kept = lines[row - 1][:col].rstrip()
+        lines[row - 1] = kept if kept else None
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(line for line in lines if line is not None)).strip("\n")
 
 
 def _without_lines(code: str, drop: set[int]) -> str:

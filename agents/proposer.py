@@ -114,7 +114,7 @@ class Proposer:
         """Messages asking for `n` calls of `program`, and the primed reply (one call per line): how a seed round
         gets inputs for a program whose own input failed (selfplay.seed_call_inputs)."""
         calls = [Segment("f(", "\n", max_tokens=_CALL_TOKENS)] * (n - 1)
-        user = render(self.prompts["calls"], program=program, n=n)
+        user = render(self.prompts["calls"], program=program, n=n, parameters=_parameters_of_f(program))
         return chat(self.prompts["system"], user), [Segment("```python\nf(", "\n", max_tokens=_CALL_TOKENS), *calls]
 
     def primed(self, task_type: TaskType) -> list[Segment]:
@@ -207,6 +207,15 @@ class Proposer:
         if program and _quotes_code(message, program):
             return _fail("message_leaks_code", "the message quotes the program")
         return ProposalParse(program=program or "", inputs=inputs[:wanted], message=message)
+
+
+def _parameters_of_f(program: str) -> list[str]:
+    """The names of f's positional parameters (an example call in the prompt would fix their number instead)."""
+    tree = parse_or_none(program)
+    for node in tree.body if tree else []:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "f":
+            return [a.arg for a in [*node.args.posonlyargs, *node.args.args]]
+    return []
 
 
 def _missing(blocks: Blocks, reason: str, detail: str) -> ProposalParse:

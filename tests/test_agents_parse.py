@@ -123,6 +123,14 @@ def test_proposal_keeps_only_the_definition_that_runs(proposer):
     assert proposer.parse("deduction", fenced("python", kept) + "\n" + fenced("input", "2")).program == kept
 
 
+def test_proposal_drops_comments_and_values_f_never_reads(proposer):
+    # What the demo's proposer writes: comments and stray values copied from one proposal to the next.
+    program = ("# Example with no output\nx = 1\n\n# Encapsulation\ndef f(x, y):\n    return x + y + K  # sum\n\n"
+               "K = len(TABLE)\nTABLE = '# kept: a string'\ninput = 'Hello world'\ntest_data = ['a', 'b']  # (1, 2)")
+    parsed = proposer.parse("deduction", fenced("python", program) + "\n" + fenced("input", "1, 2"))
+    assert parsed.program == "def f(x, y):\n    return x + y + K\n\nK = len(TABLE)\nTABLE = '# kept: a string'"
+
+
 @pytest.mark.parametrize(
     "text, reason",
     [
@@ -323,3 +331,17 @@ def test_solver_failures(solver, task_type, text, reason):
     assert not parsed.ok
     assert parsed.reason == reason, parsed
     assert parsed.detail
+
+
+def test_calls_of_f_are_read_line_by_line_without_repeats(proposer):
+    # What a primed calls reply looks like: the loop wrote "```python\nf(" and each later "f(".
+    text = "```python\nf(1, 2)\nf([1,2], 'ab')  # a list\nf(1,2)\nprint(f(3))\nf(1, \nf(x=[3])"
+    assert proposer.read_calls(text) == ["1, 2", "[1,2], 'ab'", "x=[3]"]
+    assert proposer.read_calls("no calls here") == []
+
+
+def test_the_program_is_read_whatever_became_of_the_input(proposer):
+    bad_input = fenced("python", "def g(a, b):\n    return a * b\n\nprint(g(2, 3))") + "\n" + fenced("input", "two, three")
+    assert proposer.read_program(bad_input).strip() == "def f(a, b):\n    return a * b"
+    assert proposer.read_program(f"{F}python\ndef f(a):\n    return a +\n{F}") is None
+    assert proposer.read_program("just words") is None

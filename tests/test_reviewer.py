@@ -2,7 +2,7 @@
 
 import pytest
 
-from botlab.agents.reviewer import Reviewer, fingerprint
+from botlab.agents.reviewer import Reviewer, fingerprint, input_key
 from botlab.agents.similarity import SimilarityIndex, similarity
 from botlab.config import ReviewerConfig
 from botlab.tasks import Triplet
@@ -76,6 +76,44 @@ def test_duplicates_within_one_batch(reviewer, validated):
         (False, "near_duplicate"),
     ], verdicts
     assert "this batch" in verdicts[1].detail and "this batch" in verdicts[2].detail
+
+
+def _inputs_of(tasks: list[Triplet]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for t in tasks:
+        out.setdefault(fingerprint(t.program), set()).add(input_key(t.inputs[0]))
+    return out
+
+
+def test_a_copied_program_with_a_new_input_is_a_new_task_up_to_the_cap(sandbox, validated):
+    reviewer = Reviewer(ReviewerConfig(inputs_per_program=3), sandbox)
+    buffered = [validated(BUFFER[1], ["[1, 2, 3]"])]
+    copy = BUFFER[1] + "  # copied"
+    candidates = [
+        validated(copy, ["[1,2,3]"]),  # the buffered input, written differently
+        validated(copy, ["[4, 5]"]),  # new: the second input of this program
+        validated(copy, ["[4, 5]"]),  # the same as the one just admitted
+        validated(copy, ["[7]"]),  # new: the third
+        validated(copy, ["[8, 9]"]),  # a fourth would pass the cap
+    ]
+    verdicts = reviewer.review("deduction", candidates, BUFFER, [], _inputs_of(buffered))
+    assert [(v.admit, v.reason) for v in verdicts] == [
+        (False, "exact_duplicate"), (True, None), (False, "exact_duplicate"), (True, None),
+        (False, "exact_duplicate")], verdicts
+
+
+def test_new_inputs_need_a_buffered_program_and_the_setting(sandbox, validated, reviewer):
+    buffered = [validated(BUFFER[1], ["[1, 2, 3]"])]
+    candidate = validated(BUFFER[1], ["[4, 5]"])
+    # The default (1): every copy is a duplicate.
+    assert reviewer.review("deduction", [candidate], BUFFER, [], _inputs_of(buffered))[0].reason == "exact_duplicate"
+    more = Reviewer(ReviewerConfig(inputs_per_program=3), sandbox)
+    # A program not among the buffered tasks' programs (one held out, say) takes no new input.
+    assert more.review("abduction", [candidate], BUFFER, [], {})[0].reason == "exact_duplicate"
+    # Induction probes programs: a probed program is taken whatever its calls.
+    calls = validated(BUFFER[1], ["[4]", "[5, 6]", "[7]", "[1, 8]"], "induction", "sums odd squares")
+    assert more.review("induction", [calls], BUFFER, [], _inputs_of(buffered))[0].reason == "exact_duplicate"
+    assert more.review("abduction", [candidate], BUFFER, [], _inputs_of(buffered))[0].admit
 
 
 def test_threshold_comes_from_the_config(sandbox, validated):
