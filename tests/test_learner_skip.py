@@ -21,7 +21,8 @@ def test_leaving_out_zero_advantage_rollouts_keeps_the_update(tmp_path):
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     LlamaForCausalLM(config).save_pretrained(tmp_path)
-    train = TrainConfig(lr=1e-2, micro_batch=2, bf16_autocast=False)
+    # No clipping: a clipped gradient loses its scale, which would hide the token count checked below.
+    train = TrainConfig(lr=1e-2, micro_batch=2, bf16_autocast=False, grad_clip=1e6)
     full, lean = Learner(tmp_path, ModelConfig(), train), Learner(tmp_path, ModelConfig(), train)
     steps = [[([1, 2, 3], [10, 11, 12], 1.3), ([4, 5], [20, 21, 22, 23], 0.0), ([6], [30, 31], -0.7)],
              [([7, 8], [40], 0.0), ([9], [41, 42], 0.9), ([3, 3], [43, 44, 45, 46, 47], 0.0)]]

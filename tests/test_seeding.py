@@ -71,7 +71,7 @@ def test_a_program_that_failed_for_its_input_gets_one_from_the_models_calls(tmp_
             return read_proposal(play.proposer, prompt, None, sample)
 
         wrong_input = read(f"{F}python\ndef f(a, b):\n    return a * b + 1\n{F}\n{F}input\n'Hello world'\n{F}")
-        no_input = read(f"{F}python\ndef f(xs):\n    return [x * 2 for x in xs]\n{F}\nand then")
+        no_input = read(f"{F}python\ndef g(n):\n    return n * 3 + 1\n{F}\nand then")
         fine = read(f"{F}python\ndef f(a):\n    return a - 1\n{F}\n{F}input\n5\n{F}")
         broken = read(f"{F}python\ndef f(a):\n    return a +\n{F}\n{F}input\n5\n{F}")
         proposals = [wrong_input, no_input, fine, broken]
@@ -82,7 +82,7 @@ def test_a_program_that_failed_for_its_input_gets_one_from_the_models_calls(tmp_
         mended = inputs_from_calls(play.proposer, play.generator, sandbox, proposals, greedy)
 
     assert mended == 2, [(p.reason, p.detail) for p in proposals]
-    for p, program in [(wrong_input, "def f(a, b)"), (no_input, "def f(xs)")]:
+    for p, program in [(wrong_input, "def f(a, b)"), (no_input, "def f(n)")]:
         assert p.valid and p.reason is None and p.triplet.program.startswith(program)
         assert p.triplet.inputs[0] != "'Hello world'"
         # The output is the sandbox's, for the new input.
