@@ -300,6 +300,19 @@ def evaluate(
                                       model=model))
 
 
+@app.command()
+def seed(
+    team_file: TeamArg,
+    out: Annotated[Path, typer.Option(help="the seed file to write (JSONL: program, input)")],
+    rounds: Annotated[int, typer.Option(min=1, help="seed rounds of the untrained model")] = 20,
+) -> None:
+    """Write a seed file: the tasks the team's untrained model admits in ROUNDS seed rounds (selfplay.seed_file)."""
+    team = _team(team_file)
+    from botlab.selfplay.seed_file import generate
+
+    generate(team, out, rounds, console)
+
+
 @team_app.command("show")
 def team_show(team_file: TeamArg) -> None:
     """Each role of the team: its model, tools, prompts file and whether it trains (a table; plain text in a pipe)."""

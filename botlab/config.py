@@ -375,6 +375,11 @@ class SelfPlayConfig(Strict):
         None, ge=0, description="proposer temperature while seeding (no training yet); higher gives a more diverse "
         "seed set. Default: roles.proposer.temperature"
     )
+    seed_file: Path | None = Field(
+        None, description="a JSONL file of tasks the untrained model proposed before ({\"program\", \"input\"} per "
+        "line; `botlab seed` writes one), admitted like seed proposals (sandbox, reviewer, held-out split) before the "
+        "run's own seed rounds; relative to the team file"
+    )
     seed_call_inputs: bool = Field(
         False, description="seed rounds only: a deduction/abduction program that failed for its input (a small model "
         "copies the zero triplet's 'Hello world' under `def f(a, b)`) gets the first of three calls of f the model "

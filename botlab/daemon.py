@@ -35,6 +35,7 @@ from botlab.selfplay import heldout, warm_start
 from botlab.selfplay.checkpoints import load_resume_state, prune
 from botlab.selfplay.distributed import follow, launch_problem, launch_rank, lead, release_followers
 from botlab.selfplay.learner import Learner
+from botlab.selfplay.seed_file import SeedFileError, read_seed_file
 from botlab.selfplay.step import SelfPlay
 from botlab.store import Store, StoreError, open_store
 from botlab.teamfile import TeamFileError, load_team
@@ -139,7 +140,7 @@ class Daemon:
             side = SideLoop()
             self._build(side)
             return self._loop(side)
-        except (ModelNotFound, MissingState) as err:
+        except (ModelNotFound, MissingState, SeedFileError) as err:
             self.progress.note(f"error: {err}")
             self.store.log_event("error", str(err), level="error")
             return EXIT_FAILED
@@ -286,6 +287,12 @@ class Daemon:
         never seeds again). The held-out split then gets its first score: the start of the learning curve."""
         if self.store.get(SEEDING_DONE_KEY) or self.store.last_step() > 0:
             return
+        if self.team.selfplay.seed_file:
+            path = self.team.resolve_path(self.team.selfplay.seed_file)
+            self._phase(side, "seed file", str(path))
+            outcomes = self.selfplay.seed_from_file(read_seed_file(path))
+            outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
+            self.progress.note(f"seed file {path.name}: buffers {self.selfplay.buffers.sizes()}; tasks: {outcome}")
         rounds = 0
         while self.selfplay.needs_seeding() and not self.stop.requested:
             if rounds >= self.team.selfplay.seed_max_rounds:

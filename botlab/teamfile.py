@@ -71,10 +71,10 @@ def load_team(path: str | Path) -> TeamConfig:
 def _missing_files(team: TeamConfig, lines: dict[tuple, int]) -> list[Problem]:
     """Files the team file names that are not there (relative paths are relative to the file)."""
     email = team.notifiers.email
-    if email is None or email.ca_file is None or team.resolve_path(email.ca_file).is_file():
-        return []
-    loc = ("notifiers", "email", "ca_file")
-    return [Problem(lines.get(loc), ".".join(loc), f"{team.resolve_path(email.ca_file)} is not a file")]
+    named = {("notifiers", "email", "ca_file"): email.ca_file if email else None,
+             ("selfplay", "seed_file"): team.selfplay.seed_file}
+    return [Problem(lines.get(loc), ".".join(loc), f"{team.resolve_path(path)} is not a file")
+            for loc, path in named.items() if path is not None and not team.resolve_path(path).is_file()]
 
 
 def secret_problems(team: TeamConfig) -> list[Problem]:

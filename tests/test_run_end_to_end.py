@@ -20,11 +20,19 @@ def buffer_state(db_path: Path) -> list:
 @pytest.mark.slow
 def test_demo_team_runs_checkpoints_and_resumes(tmp_path, builtin_model_dir):
     team = write_tiny_team(tmp_path, keep_samples=1)
+    # A seed file (selfplay.seed_file) is admitted before the seed rounds, into both program buffers.
+    seeded = "def f(s):\n    return s[::-1] + s[0]"
+    (tmp_path / "seed.jsonl").write_text(json.dumps({"program": seeded, "input": "'abc'"}) + "\n")
+    team.write_text(team.read_text().replace("selfplay:\n", "selfplay:\n  seed_file: seed.jsonl\n", 1))
     first = botlab("run", str(team), "--steps", "1")
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "seed file seed.jsonl: buffers" in first.stdout + first.stderr
     run_dir = tmp_path / "runs" / "tiny"
     db_path = run_dir / "botlab.sqlite"
     db = sqlite3.connect(db_path)
+    assert db.execute("SELECT b.task_type, t.outputs FROM buffers b JOIN tasks t ON t.id = b.task_id "
+                      "WHERE t.program = ? ORDER BY 1", (seeded,)).fetchall() == [
+        ("abduction", '["\'cbaa\'"]'), ("deduction", '["\'cbaa\'"]')]
     steps = db.execute("SELECT step, summary, timings, checkpoint FROM steps ORDER BY step").fetchall()
     assert [s[0] for s in steps] == [1]
     summary = json.loads(steps[-1][1])

@@ -38,8 +38,10 @@ def test_a_seed_task_starts_both_program_buffers(tmp_path, task_types, shared, e
         store_proposal(db, buffers, -1, proposal("deduction", "def f(a):\n    return a * 3", admitted=False),
                        shared_seed=shared)
     assert buffers.sizes() == expect
-    # The same task row serves both: one program, one input, two questions about it.
-    assert store.scalar("SELECT COUNT(*) FROM tasks WHERE status = 'admitted'") == 1
+    # One program and one input, two questions about it: each buffer holds a task row of its own type.
+    rows = store.query("SELECT t.task_type, b.task_type AS buffer, t.program FROM buffers b JOIN tasks t ON t.id = "
+                       "b.task_id")
+    assert all(r["task_type"] == r["buffer"] and r["program"].endswith("a + 1") for r in rows)
 
 
 def test_buffered_inputs_are_keyed_by_program(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from botlab.agents.reviewer import fingerprint
@@ -33,10 +34,13 @@ def store_proposal(db: sqlite3.Connection, buffers: Buffers, step: int, p: Propo
     p.sample.task = p.triplet
     if not p.admitted:
         return
-    both = shared_seed and p.triplet.task_type in PROGRAM_TYPES
-    for task_type in PROGRAM_TYPES if both else (p.triplet.task_type,):
-        if task_type in buffers.cfg.task_types:
-            buffers.add(db, task_type, task_id, step)
+    buffers.add(db, p.triplet.task_type, task_id, step)
+    if shared_seed and p.triplet.task_type in PROGRAM_TYPES:
+        for other in PROGRAM_TYPES:
+            if other != p.triplet.task_type and other in buffers.cfg.task_types:
+                twin = replace(p.triplet, task_type=other, id=None)  # a row of its own type, as every buffer entry
+                buffers.add(db, other, insert_task(db, step, twin, status, None, None, fingerprint(twin.program)),
+                            step)
 
 
 def insert_sample(db: sqlite3.Connection, step: int, s: Sample) -> None:

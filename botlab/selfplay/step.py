@@ -113,6 +113,17 @@ class SelfPlay:
                 store_proposal(db, self.buffers, -1, p, shared_seed=True)
         return self.buffers.sizes(), Counter("heldout" if p.heldout else p.reason or "admitted" for p in proposals)
 
+    def seed_from_file(self, tasks: list[Triplet]) -> Counter:
+        """selfplay.seed_file's tasks (selfplay/seed_file.py), through the sandbox, the reviewer and the held-out
+        split like a seed round's proposals; admitted ones join both program buffers. Returns the outcomes."""
+        proposals = [seeding.file_proposal(t) for t in tasks]
+        self._validate(proposals)
+        self._review(proposals, load_curriculum(self.store))
+        with self.store.transaction() as db:
+            for p in proposals:
+                store_proposal(db, self.buffers, -1, p, shared_seed=True)
+        return Counter("heldout" if p.heldout else p.reason or "admitted" for p in proposals)
+
     # --- the step ---------------------------------------------------------------------------------------------------
 
     def run_step(self, step: int, on_phase: PhaseCallback = lambda p: None) -> StepReport:
