@@ -17,6 +17,7 @@ from rich.console import Console
 from botlab.agents.blocks import split_blocks
 from botlab.agents.solver import Solver
 from botlab.config import TeamConfig
+from botlab.jsonl import read_text_rows
 from botlab.engines import Engine, Sampling
 from botlab.sandbox import Executor
 from botlab.selfplay import heldout
@@ -73,18 +74,7 @@ def load_problems(suite: str, data: Path | None, limit: int | None) -> list[dict
 def _read_cruxeval(path: Path) -> list[dict]:
     if not path.is_file():
         raise EvalError(f"{path}: no such file")
-    problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalError(f"{path}:{number}: not JSON ({err.msg})") from None
-        missing = [k for k in ("code", "input", "output") if not isinstance(row.get(k), str)]
-        if missing:
-            raise EvalError(f"{path}:{number}: missing or non-string field(s): {', '.join(missing)}")
-        problems.append(row)
+    problems = read_text_rows(path, ("code", "input", "output"), EvalError)
     if not problems:
         raise EvalError(f"{path}: no problems in the file")
     return problems

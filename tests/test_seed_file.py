@@ -24,16 +24,16 @@ def lines(*rows) -> str:
 
 @pytest.mark.parametrize("text, where", [
     (lines(GOOD, "{not json"), ":2: not JSON"),
-    (lines(GOOD, {"program": "def f(a):\n    return a"}), ':2: needs the text fields "program" and "input"'),
-    (lines([1, 2]), ':1: needs the text fields'),
-    (lines({"program": " ", "input": "1"}), ':1: needs the text fields'),
+    (lines(GOOD, {"program": "def f(a):\n    return a"}), ":2: missing or non-string field(s): input"),
+    (lines([1, 2]), ":1: missing or non-string field(s): program, input"),
+    (lines({"program": " ", "input": "1"}), ":1: missing or non-string field(s): program"),
 ])
 def test_a_bad_line_is_named(tmp_path, text, where):
     path = tmp_path / "seed.jsonl"
     path.write_text(text)
     with pytest.raises(SeedFileError) as err:
         read_seed_file(path)
-    assert str(err.value) == f"{path}{where}" or str(err.value).startswith(f"{path}{where}")
+    assert str(err.value).startswith(f"{path}{where}")
 
 
 def test_written_tasks_read_back(tmp_path):

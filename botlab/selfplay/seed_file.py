@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from botlab.config import TeamConfig
+from botlab.jsonl import read_text_rows
 from botlab.tasks import Triplet, zero_triplet
 
 
@@ -27,23 +28,8 @@ class SeedFileError(Exception):
 
 def read_seed_file(path: Path) -> list[Triplet]:
     """The file's tasks as deduction triplets without outputs (the sandbox gives those)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise SeedFileError(f"{path}: cannot read it ({err})") from None
-    tasks = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SeedFileError(f"{path}:{number}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
-                                                for k in ("program", "input")):
-            raise SeedFileError(f'{path}:{number}: needs the text fields "program" and "input"')
-        tasks.append(Triplet(row["program"], [row["input"]], [], "", "deduction"))
-    return tasks
+    return [Triplet(row["program"], [row["input"]], [], "", "deduction")
+            for row in read_text_rows(path, ("program", "input"), SeedFileError, blank_ok=False)]
 
 
 def write_seed_file(path: Path, tasks: list[Triplet]) -> None:
