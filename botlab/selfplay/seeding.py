@@ -6,7 +6,7 @@ The untrained 135M model writes fair programs (`def f(a, b): return a * b`) unde
 triplet ('Hello world'), so most of its seed proposals fail in the sandbox for the input alone. Asked for calls of
 its program (the program right above, its parameters in view), it writes arguments that fit. Like AZR's seeding
 clean-up (it strips comments and what follows the function), this only shapes the seed set: nothing in a seed round
-is trained, and self-play steps judge each proposal as written. Switched by selfplay.seed_call_inputs.
+is trained, and a self-play step takes each proposal with its own input. Switched by selfplay.seed_call_inputs.
 """
 
 from __future__ import annotations
