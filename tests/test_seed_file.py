@@ -94,6 +94,7 @@ def test_botlab_seed_writes_what_the_untrained_model_admits(tmp_path):
     tasks = read_seed_file(out)  # an empty file is a fine outcome for one round; its lines must read back
     assert f"wrote {len(tasks)} tasks" in result.stdout
     assert all(t.program != "def f(a):\n    return a" for t in tasks)
+    assert len({(t.program, t.inputs[0]) for t in tasks}) == len(tasks)  # each task once, not once per buffer
     assert not list(tmp_path.glob("**/botlab.sqlite"))  # the scratch run dir is gone
 
 

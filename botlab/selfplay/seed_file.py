@@ -72,8 +72,9 @@ def generate(team: TeamConfig, out: Path, rounds: int, console: Console) -> int:
                                    "ORDER BY id", (STATUS,))
         finally:
             engine.close()
-    tasks = [Triplet(r["program"], json.loads(r["inputs"])[:1], [], "", "deduction") for r in rows
-             if r["program"] != zero]
+    # A seed task is stored once per program buffer (records.store_proposal): write it once.
+    unique = dict.fromkeys((r["program"], json.loads(r["inputs"])[0]) for r in rows if r["program"] != zero)
+    tasks = [Triplet(program, [arguments], [], "", "deduction") for program, arguments in unique]
     write_seed_file(out, tasks)
     console.print(f"wrote {len(tasks)} tasks to {out}", highlight=False, soft_wrap=True)
     return len(tasks)
