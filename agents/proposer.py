@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from botlab.agents.blocks import Block, Blocks, CodeProblem, answer_region, check_arguments, defines_function
 from botlab.agents.blocks import entry_program, split_blocks
 from botlab.agents.priming import Segment
-from botlab.agents.pyast import parse_or_none
+from botlab.agents.pyast import input_key, parse_or_none
 from botlab.agents.prompts import chat, load_prompts, render
 from botlab.config import SelfPlayConfig, TaskType
 from botlab.curriculum import Curriculum
@@ -157,7 +157,7 @@ class Proposer:
         for line in completion_text.splitlines():
             text = _call_arguments(line) if _CALL_LINE.match(line) else None
             if text and text.strip() and not check_arguments(text):
-                found.setdefault(_arguments_key(text), text.strip())
+                found.setdefault(input_key(text), text.strip())
         return list(found.values())
 
     def _parse_program_and_input(self, blocks: Blocks) -> ProposalParse:
@@ -192,7 +192,7 @@ class Proposer:
             problem = check_arguments(text)
             if problem:
                 return _fail("input_syntax_error", f"input {n}: {problem[1]}")
-            key = _arguments_key(text)
+            key = input_key(text)
             if key not in seen:
                 seen.add(key)
                 inputs.append(text.strip())
@@ -258,11 +258,6 @@ def _call_arguments(line: str) -> str | None:
         return None
     call = ast.get_source_segment(line.strip(), node.value)
     return call[call.index("(") + 1 : -1]
-
-
-def _arguments_key(text: str) -> str:
-    """Arguments up to formatting ("[1,2]" and "[1, 2]" are the same input)."""
-    return ast.dump(ast.parse(f"f({text}\n)", mode="eval"))
 
 
 def _quotes_code(message: str, program: str) -> bool:

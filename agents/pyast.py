@@ -1,5 +1,5 @@
 """Reading model-written Python with `ast` (which only reads it, never runs it): what parsing such text can raise,
-and the node test the reviewer's rules and the similarity measure share."""
+the node test the reviewer's rules and the similarity measure share, and what makes two inputs the same."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ def parse_or_none(source: str, mode: str = "exec") -> ast.AST | None:
         return ast.parse(source, mode=mode)
     except PARSE_ERRORS:
         return None
+
+
+def input_key(arguments: str) -> str:
+    """The arguments of a call f(...) up to formatting ("[1,2]" and "[1, 2]" are one input); nothing is evaluated.
+    Text that does not parse is its own key."""
+    tree = parse_or_none(f"f({arguments}\n)", mode="eval")
+    return ast.dump(tree) if tree is not None else arguments.strip()
 
 
 def is_docstring(node: ast.AST) -> bool:

@@ -22,11 +22,10 @@ For induction the loop passes the induction buffer's programs: a program already
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 
 from botlab.agents.prompts import load_prompts
-from botlab.agents.pyast import PARSE_ERRORS
+from botlab.agents.pyast import input_key
 from botlab.agents.review_agent import LLMReview
 from botlab.agents.review_rules import safety_flags, trivial_reason
 from botlab.agents.role_models import role_model
@@ -34,15 +33,7 @@ from botlab.agents.similarity import Pool, SimilarityIndex, fingerprint
 from botlab.config import ReviewerConfig, TaskType
 from botlab.tasks import Triplet
 
-__all__ = ["Reviewer", "Verdict", "fingerprint", "input_key"]
-
-
-def input_key(arguments: str) -> str:
-    """An input up to formatting ("[1,2]" and "[1, 2]" are one input); nothing is evaluated."""
-    try:
-        return ast.dump(ast.parse(f"f({arguments}\n)", mode="eval"))
-    except PARSE_ERRORS:
-        return arguments.strip()
+__all__ = ["Reviewer", "Verdict", "fingerprint"]
 
 
 @dataclass

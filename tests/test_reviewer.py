@@ -2,7 +2,8 @@
 
 import pytest
 
-from botlab.agents.reviewer import Reviewer, fingerprint, input_key
+from botlab.agents.pyast import input_key
+from botlab.agents.reviewer import Reviewer, fingerprint
 from botlab.agents.similarity import SimilarityIndex, similarity
 from botlab.config import ReviewerConfig
 from botlab.tasks import Triplet

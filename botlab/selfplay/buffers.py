@@ -12,7 +12,7 @@ import random
 import sqlite3
 import time
 
-from botlab.agents.reviewer import input_key
+from botlab.agents.pyast import input_key
 from botlab.config import SelfPlayConfig, TaskType
 from botlab.store import Store
 from botlab.tasks import Triplet

@@ -46,7 +46,6 @@ def generate(team: TeamConfig, out: Path, rounds: int, console: Console) -> int:
     from botlab.engines import create_engine
     from botlab.models import resolve_model
     from botlab.sandbox import Executor
-    from botlab.selfplay.heldout import STATUS
     from botlab.selfplay.step import SelfPlay
     from botlab.store import open_store
 
@@ -57,7 +56,7 @@ def generate(team: TeamConfig, out: Path, rounds: int, console: Console) -> int:
     with tempfile.TemporaryDirectory(prefix="botlab-seed-") as scratch:
         team = team.model_copy(update={"selfplay": selfplay, "storage_dir": Path(scratch)})
         console.print(f"loading {team.model.name}", highlight=False, soft_wrap=True)
-        engine, why = create_engine(team.model, resolve_model(team.model.name))
+        engine, _ = create_engine(team.model, resolve_model(team.model.name))
         try:
             with Executor(team.executor) as executor, open_store(team.run_dir) as store:
                 play = SelfPlay(team, store, engine, executor, learner=None)
@@ -68,13 +67,10 @@ def generate(team: TeamConfig, out: Path, rounds: int, console: Console) -> int:
                     console.print(f"seed round {round_no}/{rounds} ({time.time() - started:.0f} s): "
                                   f"{sizes['deduction']} tasks; {outcomes.get('admitted', 0)} admitted",
                                   highlight=False, soft_wrap=True)
-                rows = store.query("SELECT program, inputs FROM tasks WHERE status IN ('admitted', ?) "
-                                   "ORDER BY id", (STATUS,))
+                # Every admitted seed task is in the deduction buffer (records.store_proposal: both buffers).
+                tasks = [t for t in play.buffers.tasks("deduction") if t.program != zero]
         finally:
             engine.close()
-    # A seed task is stored once per program buffer (records.store_proposal): write it once.
-    unique = dict.fromkeys((r["program"], json.loads(r["inputs"])[0]) for r in rows if r["program"] != zero)
-    tasks = [Triplet(program, [arguments], [], "", "deduction") for program, arguments in unique]
     write_seed_file(out, tasks)
     console.print(f"wrote {len(tasks)} tasks to {out}", highlight=False, soft_wrap=True)
     return len(tasks)

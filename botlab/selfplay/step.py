@@ -108,10 +108,7 @@ class SelfPlay:
             proposals += self._revise(proposals, temperature=self.cfg.seed_temperature)
         on_phase("seed: review")
         self._review(proposals, curriculum)
-        with self.store.transaction() as db:
-            for p in proposals:
-                store_proposal(db, self.buffers, -1, p, shared_seed=True)
-        return self.buffers.sizes(), Counter("heldout" if p.heldout else p.reason or "admitted" for p in proposals)
+        return self.buffers.sizes(), self._store_seed(proposals)
 
     def seed_from_file(self, tasks: list[Triplet]) -> Counter:
         """selfplay.seed_file's tasks (selfplay/seed_file.py), through the sandbox, the reviewer and the held-out
@@ -119,6 +116,10 @@ class SelfPlay:
         proposals = [seeding.file_proposal(t) for t in tasks]
         self._validate(proposals)
         self._review(proposals, load_curriculum(self.store))
+        return self._store_seed(proposals)
+
+    def _store_seed(self, proposals: list[Proposal]) -> Counter:
+        """Seed proposals into the store (admitted ones into both program buffers, as AZR's seed set); the outcomes."""
         with self.store.transaction() as db:
             for p in proposals:
                 store_proposal(db, self.buffers, -1, p, shared_seed=True)
