@@ -420,6 +420,12 @@ class TrainConfig(Strict):
         "sharded over the ranks, as ZeRO-3, with torch's FSDP2; needs a torchrun / accelerate launch, not with "
         "LoRA). `botlab plan` sizes memory by it"
     )
+    solver_baseline: Literal["task_type", "task"] = Field(
+        "task_type", description="what a solver answer's reward is whitened against: task_type (AZR's TRR++: every "
+        "solver answer of the step's batch with the same task type) or task (only the other answers to the same task, "
+        "as GRPO: a task whose answers all scored alike teaches nothing and costs no backward pass; needs "
+        "selfplay.solver_samples > 1). The proposer's baseline stays TRR++'s"
+    )
     format_penalty: float = Field(-1.0, le=0, description="reward of an unparseable or invalid output")
     wrong_penalty: float = Field(-0.5, le=0, description="reward of a well-formed but wrong/unlearnable output")
     seed: int = Field(
@@ -683,6 +689,13 @@ class TeamConfig(Strict):
 
     # Set by the loader, not by the file: the team file's path, for relative paths.
     _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _task_baseline_needs_samples(self) -> "TeamConfig":
+        if self.train.solver_baseline == "task" and self.selfplay.solver_samples < 2:
+            raise ValueError("train.solver_baseline 'task' compares the answers to one task with each other: set "
+                             "selfplay.solver_samples to 2 or more")
+        return self
 
     def resolve_path(self, path: Path) -> Path:
         """Paths in the file are relative to the file."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from botlab.selfplay.rewards import learnability, proposer_reward, solver_reward
-from botlab.selfplay.trr import clipped_policy_loss, token_logprobs, trr_advantages
+from botlab.selfplay.trr import baseline_group, clipped_policy_loss, token_logprobs, trr_advantages
 
 
 def test_trr_whitens_per_task_type_and_role_over_tokens():
@@ -26,6 +26,27 @@ def test_trr_groups_are_independent():
     base = trr_advantages([1.0, 0.0], [("d", "s"), ("d", "s")], [1, 1])
     mixed = trr_advantages([1.0, 0.0, 100.0, -100.0], [("d", "s"), ("d", "s"), ("a", "s"), ("a", "s")], [1, 1, 1, 1])
     assert mixed[:2] == pytest.approx(base)
+
+
+def test_per_task_baseline_compares_answers_to_the_same_task():
+    # Four answers to each of two deduction tasks: task A has one right answer, task B none.
+    rewards = [1.0, -0.5, -0.5, -0.5] + [-0.5] * 4
+    prompts = ["task A"] * 4 + ["task B"] * 4
+    lengths = [2] * 8
+
+    def advantages(solver_baseline: str) -> list[float]:
+        groups = [baseline_group("solver", "deduction", p, solver_baseline) for p in prompts]
+        return trr_advantages(rewards, groups, lengths)
+
+    by_type, by_task = advantages("task_type"), advantages("task")
+    # TRR++: task B's wrong answers are pushed down as hard as task A's, against the whole batch's mean.
+    assert all(a < 0 for a in by_type[4:])
+    assert by_type[1] == pytest.approx(by_type[4])
+    # Per task: B's answers, all alike, teach nothing; A's right answer stands out from its own group only.
+    assert by_task[4:] == pytest.approx([0.0] * 4, abs=1e-3)
+    assert by_task[0] > 0 > by_task[1] == pytest.approx(by_task[2])
+    # The proposer keeps TRR++'s group whatever the solver's baseline.
+    assert baseline_group("proposer", "deduction", "p", "task") == ("deduction", "proposer")
 
 
 def test_clipped_loss_values():

@@ -131,6 +131,18 @@ def test_every_error_is_reported_at_once(tmp_path):
     ]
 
 
+def test_per_task_baseline_needs_several_answers_per_task(tmp_path):
+    path = write(tmp_path, """
+        name: t
+        selfplay:
+          solver_samples: 1
+        train:
+          solver_baseline: task
+    """)
+    [problem] = problems(path)
+    assert "train.solver_baseline" in problem and "selfplay.solver_samples" in problem
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path):
     path = write(tmp_path, "name: t\nmodel: [unclosed\n")
     [message] = problems(path)

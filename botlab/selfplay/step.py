@@ -36,7 +36,7 @@ from botlab.selfplay.proposals import Proposal, read_proposal, revision_prompts
 from botlab.selfplay.records import insert_sample, store_proposal
 from botlab.selfplay.rewards import proposer_reward, solver_reward
 from botlab.selfplay.summary import StepSummary, summarise
-from botlab.selfplay.trr import trr_advantages
+from botlab.selfplay.trr import baseline_group, trr_advantages
 from botlab.store import Store
 from botlab.tasks import Triplet, zero_triplet
 
@@ -371,15 +371,16 @@ class SelfPlay:
         if self.learner is None:
             return {}
         trained = [s for s in samples if s.completion.token_ids]
+        per = self.team.train.solver_baseline
         advantages = trr_advantages(
-            [s.reward.value for s in trained], [(s.task_type, s.role) for s in trained],
+            [s.reward.value for s in trained], [baseline_group(s.role, s.task_type, s.prompt_text, per) for s in trained],
             [len(s.completion.token_ids) for s in trained],
         )
         rollouts = [Rollout(s.prompt_ids, s.completion.token_ids, s.completion.logprobs, a, s.temperature,
                             s.train_mask) for s, a in zip(trained, advantages)]
         batch_tokens = sum(len(r.completion_ids) for r in rollouts)
         if self.team.train.entropy_coef == 0 and self.team.train.kl_coef == 0:
-            # A zero advantage (a task type and role whose rewards were all equal) adds nothing to the gradient:
+            # A zero advantage (a group whose rewards were all equal) adds nothing to the gradient:
             # no forward or backward pass for it; the token mean still counts the whole batch.
             rollouts = [r for r in rollouts if r.advantage != 0]
         stats = self.learner.train_step(rollouts, batch_tokens=batch_tokens) if rollouts else {}

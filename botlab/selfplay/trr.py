@@ -7,13 +7,22 @@ from collections import defaultdict
 import torch
 
 
-def trr_advantages(rewards: list[float], groups: list[tuple[str, str]], lengths: list[int]) -> list[float]:
-    """Task-relative REINFORCE++: whiten each sequence's reward within its (task type, role) group.
+def baseline_group(role: str, task_type: str, prompt: str, solver_baseline: str) -> tuple[str, ...]:
+    """The samples a reward is whitened against (train.solver_baseline): TRR++'s task type and role, or, for a
+    solver answer under the per-task baseline, the other answers to the same prompt (the same task)."""
+    if role == "solver" and solver_baseline == "task":
+        return task_type, role, prompt
+    return task_type, role
+
+
+def trr_advantages(rewards: list[float], groups: list[tuple[str, ...]], lengths: list[int]) -> list[float]:
+    """Task-relative REINFORCE++: whiten each sequence's reward within its (task type, role) group (or any finer
+    group the caller names, e.g. one task's answers: train.solver_baseline).
 
     As in AZR, the statistics are over the group's response TOKENS (the reward is copied to every token, gamma = 1),
     so longer responses weigh more; variance is unbiased; a group of one gets advantage 0 (nothing to compare with).
     """
-    members: dict[tuple[str, str], list[int]] = defaultdict(list)
+    members: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, group in enumerate(groups):
         members[group].append(i)
     advantages = [0.0] * len(rewards)
