@@ -87,7 +87,8 @@ def test_bad_suites_and_files_are_refused_before_a_model_loads(tmp_path, data_fi
 @pytest.mark.slow
 def test_eval_command_runs_every_suite_on_the_demo_team(tmp_path, data_file, sandbox, builtin_model_dir):
     """The demo team (primed answers, engine auto) through the CLI: one model load, all four suites."""
-    team_text = (REPO / "teams" / "demo-cpu.yaml").read_text().replace("storage_dir: ../runs", f"storage_dir: {tmp_path}")
+    team_text = ((REPO / "teams" / "demo-cpu.yaml").read_text().replace("storage_dir: ../runs", f"storage_dir: {tmp_path}")
+                 .replace("seed_file: seeds/", f"seed_file: {REPO / 'teams' / 'seeds'}/"))
     team = tmp_path / "demo.yaml"
     team.write_text(team_text)
     run_dir = tmp_path / "demo-cpu"
