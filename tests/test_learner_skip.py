@@ -39,3 +39,32 @@ def test_leaving_out_zero_advantage_rollouts_keeps_the_update(tmp_path):
     # AdamW's first step hides a scale; over steps of different zero shares the token count matters.
     assert any(not torch.allclose(a, b, atol=1e-6)
                for (_, a), (_, b) in zip(full.model.named_parameters(), moved.model.named_parameters()))
+
+
+def test_per_task_baseline_skips_a_task_whose_answers_all_failed(tmp_path):
+    """Through SelfPlay._learn with a real learner: under train.solver_baseline 'task', the four wrong answers to a
+    task nobody solved have advantage 0 and are not trained; under TRR++'s task-type baseline they are."""
+    from types import SimpleNamespace
+
+    from botlab.config import TeamConfig
+    from botlab.engines.base import Completion
+    from botlab.selfplay.generation import Sample
+    from botlab.selfplay.rewards import Reward
+    from botlab.selfplay.step import SelfPlay
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    # Task A: one right answer in four; task B: four wrong answers.
+    rewards = {"task A": [1.0, -0.5, -0.5, -0.5], "task B": [-0.5] * 4}
+    samples = [Sample("solver", "deduction", [1, 2], prompt, Completion("x", [10 + k, 11], [-1.0, -1.0], "stop"), 1.0,
+                      reward=Reward(value)) for prompt, values in rewards.items() for k, value in enumerate(values)]
+    skipped = {}
+    for baseline in ("task_type", "task"):
+        team = TeamConfig(name="t", selfplay={"solver_samples": 4},
+                          train={"solver_baseline": baseline, "micro_batch": 4, "bf16_autocast": False})
+        learner = Learner(tmp_path, ModelConfig(), team.train)
+        stats = SelfPlay._learn(SimpleNamespace(team=team, learner=learner), samples)
+        skipped[baseline] = stats["skipped_sequences"]
+    assert skipped == {"task_type": 0, "task": 4}
