@@ -1,10 +1,17 @@
-"""Rollouts with zero advantage carry no gradient: leaving them out (and counting their tokens) gives the same update."""
+"""Rollouts with zero advantage carry no gradient: leaving them out (and counting their tokens) gives the same update;
+the per-task solver baseline makes a task whose answers all scored alike such a rollout group."""
+
+from types import SimpleNamespace
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from botlab.config import ModelConfig, TrainConfig
+from botlab.config import ModelConfig, TeamConfig, TrainConfig
+from botlab.engines.base import Completion
+from botlab.selfplay.generation import Sample
 from botlab.selfplay.learner import Learner, Rollout
+from botlab.selfplay.rewards import Reward
+from botlab.selfplay.step import SelfPlay
 from botlab.selfplay.trr import token_logprobs
 
 
@@ -16,11 +23,15 @@ def with_logprobs(learner: Learner, prompt: list[int], completion: list[int], ad
     return Rollout(prompt, completion, lp[0, len(prompt) - 1:].tolist(), advantage, 1.0)
 
 
-def test_leaving_out_zero_advantage_rollouts_keeps_the_update(tmp_path):
+def save_tiny_model(path) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    LlamaForCausalLM(config).save_pretrained(path)
+
+
+def test_leaving_out_zero_advantage_rollouts_keeps_the_update(tmp_path):
+    save_tiny_model(tmp_path)
     # No clipping: a clipped gradient loses its scale, which would hide the token count checked below.
     train = TrainConfig(lr=1e-2, micro_batch=2, bf16_autocast=False, grad_clip=1e6)
     full, lean = Learner(tmp_path, ModelConfig(), train), Learner(tmp_path, ModelConfig(), train)
@@ -44,18 +55,7 @@ def test_leaving_out_zero_advantage_rollouts_keeps_the_update(tmp_path):
 def test_per_task_baseline_skips_a_task_whose_answers_all_failed(tmp_path):
     """Through SelfPlay._learn with a real learner: under train.solver_baseline 'task', the four wrong answers to a
     task nobody solved have advantage 0 and are not trained; under TRR++'s task-type baseline they are."""
-    from types import SimpleNamespace
-
-    from botlab.config import TeamConfig
-    from botlab.engines.base import Completion
-    from botlab.selfplay.generation import Sample
-    from botlab.selfplay.rewards import Reward
-    from botlab.selfplay.step import SelfPlay
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    save_tiny_model(tmp_path)
     # Task A: one right answer in four; task B: four wrong answers.
     rewards = {"task A": [1.0, -0.5, -0.5, -0.5], "task B": [-0.5] * 4}
     samples = [Sample("solver", "deduction", [1, 2], prompt, Completion("x", [10 + k, 11], [-1.0, -1.0], "stop"), 1.0,

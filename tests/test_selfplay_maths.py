@@ -44,7 +44,8 @@ def test_per_task_baseline_compares_answers_to_the_same_task():
     assert by_type[1] == pytest.approx(by_type[4])
     # Per task: B's answers, all alike, teach nothing; A's right answer stands out from its own group only.
     assert by_task[4:] == pytest.approx([0.0] * 4, abs=1e-3)
-    assert by_task[0] > 0 > by_task[1] == pytest.approx(by_task[2])
+    assert by_task[0] > 0 > by_task[1]
+    assert by_task[1] == pytest.approx(by_task[2])
     # The proposer keeps TRR++'s group whatever the solver's baseline.
     assert baseline_group("proposer", "deduction", "p", "task") == ("deduction", "proposer")
 

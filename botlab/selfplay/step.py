@@ -371,9 +371,10 @@ class SelfPlay:
         if self.learner is None:
             return {}
         trained = [s for s in samples if s.completion.token_ids]
-        per = self.team.train.solver_baseline
+        solver_baseline = self.team.train.solver_baseline
         advantages = trr_advantages(
-            [s.reward.value for s in trained], [baseline_group(s.role, s.task_type, s.prompt_text, per) for s in trained],
+            [s.reward.value for s in trained],
+            [baseline_group(s.role, s.task_type, s.prompt_text, solver_baseline) for s in trained],
             [len(s.completion.token_ids) for s in trained],
         )
         rollouts = [Rollout(s.prompt_ids, s.completion.token_ids, s.completion.logprobs, a, s.temperature,
