@@ -74,11 +74,12 @@ class Proposer:
     # --- prompts -----------------------------------------------------------------------------------------------------
 
     def messages(
-        self, task_type: TaskType, references: list[Triplet], curriculum: Curriculum | None = None
+        self, task_type: TaskType, references: list[Triplet], curriculum: Curriculum | None = None, topic: str = ""
     ) -> list[dict]:
         """Chat messages asking for one proposal.
 
-        Deduction/abduction: `references` are the K triplets to show (their first input and output).
+        Deduction/abduction: `references` are the K triplets to show (their first input and output); `topic` (one of
+        selfplay.topics) is asked for when the curriculum has no focus topics.
         Induction: `references[0]` is the program to write inputs for; further references are not shown.
         """
         check_task_type(task_type)
@@ -98,7 +99,7 @@ class Proposer:
                 self.prompts["program"],
                 task=self.prompts["program_task"][task_type],
                 goal=self.goal,
-                focus=", ".join(curriculum.topics),
+                focus=", ".join(curriculum.topics) or topic,
                 difficulty=self.prompts["difficulty_lines"].get(curriculum.difficulty_for(task_type), ""),
                 references=[r for r in references if r.inputs and r.outputs],
             )

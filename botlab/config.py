@@ -359,6 +359,10 @@ class SelfPlayConfig(Strict):
     seed_max_rounds: int = Field(
         50, ge=0, description="seeding gives up after this many propose rounds and trains with what it has"
     )
+    seed_patience: int = Field(
+        3, ge=1, description="seeding also ends after this many rounds in a row that admitted nothing: an untrained "
+        "model that cannot yet write a task type (a 135M model's induction) is not asked again and again"
+    )
     buffer_max: int = Field(16384, ge=16, description="programs kept per buffer before eviction")
     eviction: Literal["oldest", "lowest_reward"] = Field(
         "oldest", description="which program a full buffer drops (AZR instead stops accepting at 16384)"
@@ -379,6 +383,11 @@ class SelfPlayConfig(Strict):
         None, description="a JSONL file of tasks the untrained model proposed before ({\"program\", \"input\"} per "
         "line; `botlab seed` writes one), admitted like seed proposals (sandbox, reviewer, held-out split) before the "
         "run's own seed rounds; relative to the team file"
+    )
+    topics: list[str] = Field(
+        default_factory=list, description="Python building blocks a program proposal is asked to use (\"a for loop "
+        "over a list\"), one drawn at random per deduction/abduction prompt while the curriculum has no focus topics "
+        "of its own: a small model left alone writes `return a + b` again and again (docs/method.md)"
     )
     seed_call_inputs: bool = Field(
         False, description="seed rounds only: a deduction/abduction program that failed for its input (a small model "

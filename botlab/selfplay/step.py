@@ -245,9 +245,11 @@ class SelfPlay:
                     if program is None:
                         continue
                     references = [program]
+                    topic = ""
                 else:
                     references = self.buffers.references(task_type, self.cfg.references, rng)
-                messages = self._fitting_messages(task_type, references, curriculum, role_cfg.max_new_tokens)
+                    topic = rng.choice(self.cfg.topics) if self.cfg.topics else ""
+                messages = self._fitting_messages(task_type, references, curriculum, role_cfg.max_new_tokens, topic)
                 if messages is None:
                     continue
                 parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
@@ -276,13 +278,13 @@ class SelfPlay:
         return revisions
 
     def _fitting_messages(self, task_type: TaskType, references: list[Triplet], curriculum: Curriculum,
-                          budget: int) -> list[dict] | None:
+                          budget: int, topic: str = "") -> list[dict] | None:
         """The proposer's messages with as many references as leave room for the reply within max_model_len (the
         longest go first, as AZR resamples a prompt that is too long); None when even the bare prompt is too long
         (an induction program)."""
         references = list(references)
         while True:
-            messages = self.proposer.messages(task_type, references, curriculum)
+            messages = self.proposer.messages(task_type, references, curriculum, topic)
             if len(self.engine.chat_prompt_ids(messages)) + budget < self.engine.max_model_len:
                 return messages
             if task_type == "induction" or not references:
