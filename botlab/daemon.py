@@ -31,7 +31,7 @@ from botlab.rundir import DAEMON_PAUSED_KEY, DAEMON_STATE_KEY, ENGINE_KEY, PHASE
 from botlab.rundir import SEEDING_DONE_KEY, STARTED_AT_KEY, WARM_START_DONE_KEY, AlreadyRunning, DaemonLock
 from botlab.sandbox import Executor
 from botlab.schedule import Schedule
-from botlab.selfplay import heldout, warm_start
+from botlab.selfplay import heldout, seeding, warm_start
 from botlab.selfplay.checkpoints import load_resume_state, prune
 from botlab.selfplay.distributed import follow, launch_problem, launch_rank, lead, release_followers
 from botlab.selfplay.learner import Learner
@@ -293,15 +293,18 @@ class Daemon:
             outcomes = self.selfplay.seed_from_file(read_seed_file(path))
             outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
             self.progress.note(f"seed file {path.name}: buffers {self.selfplay.buffers.sizes()}; tasks: {outcome}")
-        rounds = 0
+        cfg = self.team.selfplay
+        rounds = empty = 0
         while self.selfplay.needs_seeding() and not self.stop.requested:
-            if rounds >= self.team.selfplay.seed_max_rounds:
-                self.progress.note(f"seeding stopped after {rounds} rounds with buffers {self.selfplay.buffers.sizes()}"
-                                   f" (seed_size {self.team.selfplay.seed_size}); self-play starts with these")
+            why = seeding.stop_reason(cfg, rounds, empty)
+            if why:
+                self.progress.note(f"seeding stopped ({why}) with buffers {self.selfplay.buffers.sizes()}"
+                                   f" (seed_size {cfg.seed_size}); self-play starts with these")
                 break
             rounds += 1
             sizes, outcomes = self.selfplay.seed_round(
                 rounds, on_phase=lambda p: self._phase(side, f"seed round {rounds}", p))
+            empty = 0 if seeding.admitted_any(outcomes) else empty + 1
             outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
             self.progress.note(f"seed round {rounds}: buffers {sizes}; proposals: {outcome}")
             self._tick(side)

@@ -3,6 +3,8 @@ and abduction. Real store, real sandbox; the calls come from the real embedded m
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from botlab.config import SamplingConfig, SelfPlayConfig, TeamConfig
@@ -11,7 +13,7 @@ from botlab.selfplay.buffers import Buffers
 from botlab.selfplay.generation import Sample
 from botlab.selfplay.proposals import Proposal, read_proposal
 from botlab.selfplay.records import store_proposal
-from botlab.selfplay.seeding import inputs_from_calls
+from botlab.selfplay.seeding import admitted_any, inputs_from_calls, stop_reason
 from botlab.selfplay.step import SelfPlay
 from botlab.store import Store, open_store
 from botlab.tasks import Triplet
@@ -92,3 +94,12 @@ def test_a_program_that_failed_for_its_input_gets_one_from_the_models_calls(tmp_
         assert check.valid and check.outputs == p.triplet.outputs
     assert fine.triplet.inputs == ["5"] and fine.detail == ""  # a valid proposal is left as it was
     assert not broken.valid  # a program that does not parse has no calls to ask for
+
+
+def test_seeding_ends_after_rounds_in_a_row_that_admitted_nothing():
+    cfg = SelfPlayConfig(seed_max_rounds=10, seed_patience=3)
+    assert stop_reason(cfg, rounds=5, empty_in_a_row=2) is None
+    assert stop_reason(cfg, rounds=5, empty_in_a_row=3) == "3 rounds in a row admitted nothing"
+    assert stop_reason(cfg, rounds=10, empty_in_a_row=0) == "10 rounds"
+    assert admitted_any(Counter({"exact_duplicate": 4, "heldout": 1}))  # the held-out split is progress too
+    assert not admitted_any(Counter({"exact_duplicate": 4, "exception": 2}))

@@ -11,8 +11,10 @@ is trained, and a self-play step takes each proposal with its own input. Switche
 
 from __future__ import annotations
 
+from collections import Counter
+
 from botlab.agents.proposer import Proposer
-from botlab.config import SamplingConfig
+from botlab.config import SamplingConfig, SelfPlayConfig
 from botlab.engines import Completion
 from botlab.sandbox import Executor
 from botlab.selfplay.generation import Generator, Sample
@@ -53,6 +55,20 @@ def inputs_from_calls(proposer: Proposer, generator: Generator, executor: Execut
         p.parse_ok, p.valid, p.reason = True, True, None
         p.detail = "input from a call of f the model wrote (seed round)"
     return len(mended)
+
+
+def stop_reason(cfg: SelfPlayConfig, rounds: int, empty_in_a_row: int) -> str | None:
+    """Why seeding ends before every buffer holds seed_size tasks, or None to run another round."""
+    if empty_in_a_row >= cfg.seed_patience:
+        return f"{empty_in_a_row} rounds in a row admitted nothing"
+    if rounds >= cfg.seed_max_rounds:
+        return f"{rounds} rounds"
+    return None
+
+
+def admitted_any(outcomes: Counter) -> bool:
+    """A seed round's outcomes (SelfPlay.seed_round) include a task admitted to a buffer or to the held-out split."""
+    return outcomes["admitted"] + outcomes["heldout"] > 0
 
 
 def file_proposal(task: Triplet) -> Proposal:
