@@ -99,8 +99,9 @@ class Policy:
         return None
 
 
-def check(tree: ast.AST, policy: Policy, modules: dict[str, types.ModuleType]) -> None:
-    """Raise Rejected if the tree uses anything the policy forbids.
+def check(tree: ast.AST, policy: Policy, modules: dict[str, types.ModuleType]) -> list[ast.AST]:
+    """Raise Rejected if the tree uses anything the policy forbids; else return the tree's nodes (for
+    may_share_a_process: one walk of the tree per job, not two).
 
     `modules` are the modules already loaded in the worker: they let the gate see that `typing.sys` is a module.
     """
@@ -123,6 +124,7 @@ def check(tree: ast.AST, policy: Policy, modules: dict[str, types.ModuleType]) -
                 _check_attribute_name(attr, policy, node)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and policy.block_introspection:
             _check_string(node, policy)
+    return nodes
 
 
 # Calls that change process-wide state other programs would see (warning filters, ABC registries, the locale,
@@ -133,13 +135,14 @@ GLOBAL_MUTATORS = frozenset({
 })
 
 
-def may_share_a_process(tree: ast.AST) -> bool:
-    """Whether this program may run after others in one process (each with a fresh module and builtins).
+def may_share_a_process(nodes: list[ast.AST]) -> bool:
+    """Whether the program of these nodes (check's result) may run after others in one process (each with a fresh
+    module and builtins).
 
     Conservative: no attribute is assigned or deleted except on `self` (a module's, a class's or a shared
     object's would outlive the program), and no name of a known state-changing call appears. Only meaningful
     behind the gate: without it a program can reach anything, and every program gets a process of its own."""
-    for node in _all_nodes(tree):
+    for node in nodes:
         if isinstance(node, ast.Attribute):
             if node.attr in GLOBAL_MUTATORS:
                 return False

@@ -238,8 +238,8 @@ class Hub:
                 tree = ast.parse(source, f"<{role}>", mode)
                 if role == "call" and not _is_call_of_f(tree):
                     raise gate.Rejected("bad_input", "the input is not an argument list: f(<input>) is not one call")
-                gate.check(tree, self.policy, sys.modules)
-                return compile(tree, f"<{role}>", mode), gate.may_share_a_process(tree)
+                nodes = gate.check(tree, self.policy, sys.modules)
+                return compile(tree, f"<{role}>", mode), gate.may_share_a_process(nodes)
             except gate.Rejected:
                 raise
             except SyntaxError as err:
