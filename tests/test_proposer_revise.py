@@ -1,13 +1,16 @@
-"""roles.proposer.revise: a proposal that failed gets a second turn with the verdict, on the real model and sandbox."""
+"""The proposer's RunCandidate tool (agents/role_agent.py) and roles.proposer.revise: each reply is run in the sandbox
+by its agent's tool; a failed one gets a second turn with the verdict. Real model, real sandbox."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from botlab.config import TeamConfig
+from botlab.curriculum import Curriculum
 from botlab.engines import Completion
 from botlab.selfplay.generation import Sample
-from botlab.selfplay.proposals import read_proposal
 from botlab.selfplay.step import SelfPlay
 from botlab.store import open_store
 
@@ -20,30 +23,48 @@ def reply(selfplay: SelfPlay, text: str, prompt) -> Sample:
                   Completion(text=text, token_ids=ids, logprobs=[-1.0] * len(ids), finish_reason="stop"), 0.7)
 
 
-def test_a_failed_proposal_is_asked_again_with_its_verdict(tmp_path, transformers_engine, sandbox):
-    team = TeamConfig(name="revise", storage_dir=tmp_path,
-                      roles={"proposer": {"revise": True, "temperature": 0.7, "max_new_tokens": 64}})
-    with open_store(team.run_dir) as store:
-        selfplay = SelfPlay(team, store, transformers_engine, sandbox, learner=None)
-        selfplay.ensure_zero_triplets()
+def team(tmp_path, revise: bool, max_new_tokens: int = 64) -> TeamConfig:
+    return TeamConfig(name="revise", storage_dir=tmp_path,
+                      selfplay={"task_types": ["deduction", "abduction"], "propose_batch": 2},
+                      roles={"proposer": {"revise": revise, "temperature": 0.7, "max_new_tokens": max_new_tokens}})
+
+
+def test_the_tool_runs_each_reply_and_hands_a_failed_first_turn_its_verdict(tmp_path, transformers_engine, sandbox):
+    with open_store(tmp_path / "run") as store:
+        selfplay = SelfPlay(team(tmp_path, revise=True), store, transformers_engine, sandbox, learner=None)
         messages = selfplay.proposer.messages("deduction", [])
         prompt = ("deduction", messages, [])
-        raises = read_proposal(selfplay.proposer, prompt, None,
-                               reply(selfplay, "```python\ndef f(x):\n    return x / 0\n```\n```input\n3\n```", prompt))
-        fine = read_proposal(selfplay.proposer, prompt, None,
-                             reply(selfplay, "```python\ndef f(x):\n    return x + 1\n```\n```input\n3\n```", prompt))
-        selfplay._validate([raises, fine])
-        assert (raises.valid, raises.reason, fine.valid) == (False, "exception", True)
-        assert "ZeroDivisionError" in raises.detail
+        raises = reply(selfplay, "```python\ndef f(x):\n    return x / 0\n```\n```input\n3\n```", prompt)
+        fine = reply(selfplay, "```python\ndef f(x):\n    return x + 1\n```\n```input\n3\n```", prompt)
+        turns = [(0, messages, [raises], 1), (1, messages, [fine], 1), (0, messages, [raises], 2)]
+        verdicts = selfplay._run_candidates([prompt, prompt], [None, None], turns, selfplay.team.roles.proposer)
+    (failed, again), (valid, none), (revision, never) = verdicts
+    assert (failed.valid, failed.reason, valid.valid, valid.triplet.outputs) == (False, "exception", True, ["4"])
+    assert "ZeroDivisionError" in failed.detail
+    assert none is None and never is None  # a valid proposal and a second turn are not asked again
+    assert revision.revision and not failed.revision
+    assert again[:-2] == messages and again[-2] == {"role": "assistant", "content": raises.text}
+    assert again[-1]["content"].startswith("That did not work: exception (") and "ZeroDivisionError" in \
+        again[-1]["content"]
 
-        [revision] = selfplay._revise([raises, fine])  # only the failed one is asked again
-    assert revision.revision and revision.prompt[0] == "deduction"
-    conversation = revision.prompt[1]
-    assert conversation[:-2] == messages and conversation[-2] == {"role": "assistant", "content": raises.sample.text}
-    assert conversation[-1]["content"].startswith("That did not work: exception (") and "ZeroDivisionError" in \
-        conversation[-1]["content"]
-    # The revision is trained on as a turn of that conversation, and the sandbox has judged it.
-    assert revision.sample.prompt_ids == transformers_engine.chat_prompt_ids(conversation)
-    assert revision.valid or revision.reason
-    # A revision is never revised again.
-    assert selfplay._revise([revision]) == []
+
+@pytest.mark.parametrize("revise", [True, False])
+def test_every_failed_proposal_is_revised_in_the_step_round_only_when_the_team_says_so(
+        tmp_path, transformers_engine, sandbox, revise):
+    # Eight tokens never hold a program and its input: every first turn fails.
+    with open_store(tmp_path / "run") as store:
+        selfplay = SelfPlay(team(tmp_path, revise, max_new_tokens=8), store, transformers_engine, sandbox,
+                            learner=None)
+        selfplay.ensure_zero_triplets()
+        timings = {}
+        proposals, _ = selfplay._propose(Curriculum(), random.Random(0), timings=timings)
+    first = [p for p in proposals if not p.revision]
+    revisions = [p for p in proposals if p.revision]
+    assert len(first) == 4 and not any(p.valid for p in first) and timings["validate"] > 0
+    assert len(revisions) == (4 if revise else 0)
+    for p in revisions:
+        # trained as a turn of its conversation: the first reply, then the verdict
+        conversation = p.prompt[1]
+        assert conversation[-2]["role"] == "assistant" and conversation[-1]["content"].startswith("That did not work")
+        assert p.sample.prompt_ids == transformers_engine.chat_prompt_ids(conversation)
+        assert p.reason or p.valid  # the tool ran it too

@@ -54,6 +54,33 @@ def test_a_failure_reaches_every_agent_and_nobody_waits_forever():
         run_role_agents(broken, lambda requests: ["never"] * len(requests))
 
 
+def test_a_checked_agent_runs_its_tool_and_writes_again_when_the_verdict_says_so():
+    """Agents 0 and 2 have the RunCandidate tool; agent 0's first verdict comes with a conversation to go on with.
+    Each round is one call per kind in this thread; the second round holds only agent 0."""
+    calls = []
+
+    def answer_all(requests):
+        calls.append(("model", threading.current_thread(), [(m[-1]["content"], extra) for m, extra in requests]))
+        return [f"reply to {m[-1]['content']}" for m, _ in requests]
+
+    def check_all(turns):
+        calls.append(("check", threading.current_thread(), [(extra, reply, turn) for extra, _, reply, turn in turns]))
+        def again(messages, reply):
+            return [*messages, {"role": "assistant", "content": reply}, {"role": "user", "content": "that failed; again"}]
+        return [(f"verdict {extra}.{turn}", again(messages, reply) if extra == 0 and turn == 1 else None)
+                for extra, messages, reply, turn in turns]
+
+    replies = run_role_agents(prompts(4), answer_all, check_all, checked=lambda extra: extra % 2 == 0)
+    assert replies == [["verdict 0.1", "verdict 0.2"], "reply to task 1", ["verdict 2.1"], "reply to task 3"]
+    here = threading.current_thread()
+    assert calls == [
+        ("model", here, [(f"task {i}", i) for i in range(4)]),
+        ("check", here, [(0, "reply to task 0", 1), (2, "reply to task 2", 1)]),
+        ("model", here, [("that failed; again", 0)]),
+        ("check", here, [(0, "reply to that failed; again", 2)]),
+    ]
+
+
 @pytest.mark.slow
 def test_the_step_generates_through_agents_as_the_direct_call_does(tmp_path, transformers_engine, sandbox):
     """Greedy replies through the role agents equal the direct batched call's, token for token, and the engine is

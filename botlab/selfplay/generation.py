@@ -1,5 +1,6 @@
 """How the self-play step gets replies: one smolagents agent per prompt, their turns answered by one batched engine
-call (agents/role_agent.py), and primed replies written part by part.
+call (agents/role_agent.py), the proposer's candidates run by its tool in one sandbox call, and primed replies
+written part by part.
 
 A primed reply (agents/priming.py) starts inside its first block; the loop opens each later part once the model
 closed the one before. The openings the loop writes are part of the trained sequence with a zero mask: the policy is
@@ -8,7 +9,9 @@ trained on what it sampled, never on what the loop wrote for it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from botlab.agents.priming import Segment
 from botlab.agents.role_agent import run_role_agents
@@ -44,14 +47,22 @@ class Sample:
         return self.prefix + self.completion.text + self.suffix
 
 
+# check(turns) -> (verdict, the conversation to go on with or None) per turn; a turn is (the index of its prompt in
+# the ask, the messages its reply answered, the reply's samples, the turn's number from 1).
+Check = Callable[[list[tuple[int, list[dict], list["Sample"], int]]], list[tuple[Any, list[dict] | None]]]
+
+
 @dataclass
 class Ask:
-    """One role's part of a round: its prompts, its sampling, and how many replies each prompt gets."""
+    """One role's part of a round: its prompts, its sampling, and how many replies each prompt gets. With `check`
+    (the proposer's), each agent runs its replies through the RunCandidate tool, answered by `check`, and its
+    answer is the list of verdicts (agents/role_agent.py)."""
 
     role: str
     prompts: list[Prompt]
     role_cfg: SamplingConfig
     n: int = 1
+    check: Check | None = None
 
 
 class Generator:
@@ -69,13 +80,25 @@ class Generator:
     def generate_together(self, asks: list[Ask]) -> list[list[list[Sample]]]:
         """Every ask's samples (per ask, per prompt) from one round: each prompt is a smolagents agent of its role
         (agents/role_agent.py), and all the agents' turns reach the engine as one batch, whatever their roles."""
-        flat = [(ask, prompt) for ask in asks for prompt in ask.prompts]
+        flat = [(ask, i, prompt) for ask in asks for i, prompt in enumerate(ask.prompts)]
 
-        def answer_all(requests: list[tuple[list[dict], tuple[Ask, Prompt]]]) -> list[list[Sample]]:
-            # The agents' messages are the role's own (the agent adds nothing to what the policy is trained on).
-            return self._engine_round([(ask, (prompt[0], messages, prompt[2])) for messages, (ask, prompt) in requests])
+        def answer_all(requests: list[tuple[list[dict], tuple[Ask, int, Prompt]]]) -> list[list[Sample]]:
+            # The agents' messages are the role's own (the agent adds nothing to what the policy is trained on); a
+            # later turn's are its conversation so far, its reply primed as the first one's.
+            return self._engine_round([(ask, (prompt[0], messages, prompt[2]))
+                                       for messages, (ask, _, prompt) in requests])
 
-        replies = run_role_agents([(prompt[1], (ask, prompt)) for ask, prompt in flat], answer_all)
+        def check_all(turns: list[tuple[tuple[Ask, int, Prompt], list[dict], list[Sample], int]]) -> list:
+            verdicts: list = [None] * len(turns)
+            for ask in {id(extra[0]): extra[0] for extra, *_ in turns}.values():
+                mine = [j for j, (extra, *_) in enumerate(turns) if extra[0] is ask]
+                answers = ask.check([(turns[j][0][1], *turns[j][1:]) for j in mine])
+                for j, answer in zip(mine, answers):
+                    verdicts[j] = answer
+            return verdicts
+
+        replies = run_role_agents([(prompt[1], (ask, i, prompt)) for ask, i, prompt in flat], answer_all, check_all,
+                                  checked=lambda extra: extra[0].check is not None)
         out, start = [], 0
         for ask in asks:
             out.append(replies[start:start + len(ask.prompts)])

@@ -1,8 +1,8 @@
 """A proposal as the step carries it from the proposer's reply to the buffers, and the proposer's second turn.
 
-`read_proposal` turns a reply into a Proposal (parsed, or why not); `revision_prompts` builds, for each proposal that
+`read_proposal` turns a reply into a Proposal (parsed, or why not); `revision_messages` builds, for a proposal that
 failed to parse or to run, the conversation that gives the proposer the verdict and asks once more
-(roles.proposer.revise).
+(roles.proposer.revise; the proposer agent's RunCandidate tool hands it over, agents/role_agent.py).
 """
 
 from __future__ import annotations
@@ -46,17 +46,11 @@ def read_proposal(proposer: Proposer, prompt: Prompt, program: Triplet | None, s
     return proposal
 
 
-def revision_prompts(proposer: Proposer, engine: Engine, proposals: list[Proposal], budget: int
-                     ) -> tuple[list[Proposal], list[Prompt]]:
-    """The first-turn proposals that failed, and for each the conversation asking again (the reply, then the
-    verdict); those whose conversation would leave no room for a reply within max_model_len are left out."""
-    failed, prompts = [], []
-    for p in proposals:
-        if p.valid or p.revision or p.prompt is None:
-            continue
-        task_type, messages, parts = p.prompt
-        again = proposer.revision_messages(messages, p.sample.text, p.reason or "invalid", p.detail)
-        if len(engine.chat_prompt_ids(again)) + budget < engine.max_model_len:
-            failed.append(p)
-            prompts.append((task_type, again, parts))
-    return failed, prompts
+def revision_messages(proposer: Proposer, engine: Engine, proposal: Proposal, budget: int) -> list[dict] | None:
+    """The conversation asking a failed first-turn proposal once more (its reply, then the verdict); None for a valid
+    proposal, a revision, or a conversation that would leave no room for a reply within max_model_len."""
+    if proposal.valid or proposal.revision or proposal.prompt is None:
+        return None
+    again = proposer.revision_messages(proposal.prompt[1], proposal.sample.text, proposal.reason or "invalid",
+                                       proposal.detail)
+    return again if len(engine.chat_prompt_ids(again)) + budget < engine.max_model_len else None

@@ -32,7 +32,7 @@ from botlab.selfplay.checking import check_answers
 from botlab.selfplay.checkpoints import save_checkpoint, save_resume_state
 from botlab.selfplay.generation import Ask, Generator, Prompt, Sample
 from botlab.selfplay.learner import Learner, Rollout
-from botlab.selfplay.proposals import Proposal, read_proposal, revision_prompts
+from botlab.selfplay.proposals import Proposal, read_proposal, revision_messages
 from botlab.selfplay.records import insert_sample, store_proposal
 from botlab.selfplay.rewards import proposer_reward, solver_reward
 from botlab.selfplay.summary import StepSummary, summarise
@@ -97,15 +97,10 @@ class SelfPlay:
         curriculum = load_curriculum(self.store)
         on_phase("seed: propose")
         proposals, _ = self._propose(curriculum, rng, seeding=True, temperature=self.cfg.seed_temperature)
-        on_phase("seed: validate")
-        self._validate(proposals)
         if self.cfg.seed_call_inputs:
             on_phase("seed: inputs")
             seeding.inputs_from_calls(self.proposer, self.generator, self.executor, proposals,
                                       self._proposer_cfg(self.cfg.seed_temperature))
-        if self.team.roles.proposer.revise:
-            on_phase("seed: revise")
-            proposals += self._revise(proposals, temperature=self.cfg.seed_temperature)
         on_phase("seed: review")
         self._review(proposals, curriculum)
         return self.buffers.sizes(), self._store_seed(proposals)
@@ -140,14 +135,12 @@ class SelfPlay:
 
         # ... and their answers come from the proposals' round of the engine: one batch, the same weights.
         solve_prompts, owners = self._solver_prompts(solve_tasks)
+        report.timings |= {"propose": 0.0, "validate": 0.0}  # the step's line shows them in this order
         with clock("propose"):
             proposals, solver_groups = self._propose(
-                curriculum, rng, solver=Ask("solver", solve_prompts, self.team.roles.solver, self.cfg.solver_samples))
-        with clock("validate"):
-            self._validate(proposals)
-        if self.team.roles.proposer.revise:
-            with clock("revise"):
-                proposals += self._revise(proposals)
+                curriculum, rng, solver=Ask("solver", solve_prompts, self.team.roles.solver, self.cfg.solver_samples),
+                timings=report.timings)
+        report.timings["propose"] -= report.timings["validate"]  # the proposer's tool ran in the sandbox meanwhile
         with clock("review"):
             self._review(proposals, curriculum)
         with clock("learnability"):
@@ -229,9 +222,11 @@ class SelfPlay:
         return max(1, round(batch * len(active) * weights[task_type] / total)) if total else 0
 
     def _propose(self, curriculum: Curriculum, rng: random.Random, seeding: bool = False,
-                 temperature: float | None = None, solver: Ask | None = None
+                 temperature: float | None = None, solver: Ask | None = None, timings: dict[str, float] | None = None
                  ) -> tuple[list[Proposal], list[list[Sample]]]:
-        """The proposals, and the replies to `solver`'s prompts from the same round of the engine."""
+        """The proposals, each run in the sandbox by its agent's tool (a failed one followed by its revision when the
+        proposer revises), and the replies to `solver`'s prompts from the same round of the engine. The sandbox's
+        seconds are added to timings["validate"]."""
         prompts: list[Prompt] = []
         programs: list[Triplet | None] = []
         role_cfg = self._proposer_cfg(temperature)
@@ -255,27 +250,36 @@ class SelfPlay:
                 parts = self.proposer.primed(task_type) if role_cfg.prime_answer else []
                 prompts.append((task_type, messages, parts))
                 programs.append(program)
-        samples, solver_groups = self.generator.generate_together(
-            [Ask("proposer", prompts, role_cfg), solver or Ask("solver", [], self.team.roles.solver)])
-        proposals = [read_proposal(self.proposer, prompt, program, sample)
-                     for prompt, program, [sample] in zip(prompts, programs, samples)]
-        return proposals, solver_groups
+        timings = {} if timings is None else timings
+
+        def run_candidates(turns: list[tuple[int, list[dict], list[Sample], int]]) -> list:
+            started = time.perf_counter()
+            verdicts = self._run_candidates(prompts, programs, turns, role_cfg)
+            timings["validate"] = timings.get("validate", 0.0) + time.perf_counter() - started
+            return verdicts
+
+        verdicts, solver_groups = self.generator.generate_together(
+            [Ask("proposer", prompts, role_cfg, check=run_candidates),
+             solver or Ask("solver", [], self.team.roles.solver)])
+        return [p for turns in verdicts for p in turns], solver_groups
+
+    def _run_candidates(self, prompts: list[Prompt], programs: list[Triplet | None],
+                        turns: list[tuple[int, list[dict], list[Sample], int]], role_cfg: SamplingConfig
+                        ) -> list[tuple[Proposal, list[dict] | None]]:
+        """The proposer agents' RunCandidate tool, for a round of their turns: each reply read and run in one sandbox
+        call; a failed first turn comes back with the conversation to revise it when roles.proposer.revise is on."""
+        proposals = [read_proposal(self.proposer, (prompts[i][0], messages, prompts[i][2]), programs[i], sample,
+                                   revision=turn > 1)
+                     for i, messages, [sample], turn in turns]
+        self._validate(proposals)
+        revise = self.team.roles.proposer.revise
+        return [(p, revision_messages(self.proposer, self.engine, p, role_cfg.max_new_tokens) if revise else None)
+                for p in proposals]
 
     def _proposer_cfg(self, temperature: float | None) -> SamplingConfig:
         """The proposer's sampling, at `temperature` when one is given (seed rounds)."""
         role_cfg = self.team.roles.proposer
         return role_cfg if temperature is None else role_cfg.model_copy(update={"temperature": temperature})
-
-    def _revise(self, proposals: list[Proposal], temperature: float | None = None) -> list[Proposal]:
-        """A second turn for each proposal that failed to parse or to run (roles.proposer.revise), validated here;
-        review and rewards follow with the others."""
-        role_cfg = self._proposer_cfg(temperature)
-        failed, prompts = revision_prompts(self.proposer, self.engine, proposals, role_cfg.max_new_tokens)
-        samples = self.generator.generate("proposer", prompts, role_cfg, n=1)
-        revisions = [read_proposal(self.proposer, prompt, p.program, sample, revision=True)
-                     for prompt, p, [sample] in zip(prompts, failed, samples)]
-        self._validate(revisions)
-        return revisions
 
     def _fitting_messages(self, task_type: TaskType, references: list[Triplet], curriculum: Curriculum,
                           budget: int, topic: str = "") -> list[dict] | None:
