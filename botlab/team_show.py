@@ -28,6 +28,7 @@ class RoleRow:
 def role_rows(team: TeamConfig) -> list[RoleRow]:
     from botlab.agents import prompts, reporter
     from botlab.agents.review_agent import RunProgram, SimilarPoolPrograms
+    from botlab.agents.role_agent import RunCandidate
 
     roles = team.roles
     policy = f"{POLICY} ({team.model.name})"
@@ -44,7 +45,8 @@ def role_rows(team: TeamConfig) -> list[RoleRow]:
         extras += [f"key ${cfg.api_key_env}"] if cfg.api_key_env else []
         return " ".join([f"litellm {cfg.model}", *extras])
 
-    rows = [row(role, policy, []) for role in TRAINED_ROLES]
+    run_candidate = RunCandidate.name + (" (revises)" if roles.proposer.revise else "")
+    rows = [row(role, policy, [run_candidate] if role == "proposer" else []) for role in TRAINED_ROLES]
     reviewer = roles.reviewer
     if not reviewer.enabled:
         rows.append(row("reviewer", "off (every valid proposal is admitted)", []))

@@ -186,6 +186,7 @@ def test_team_show_prints_each_roles_model_tools_prompts_and_training(tmp_path):
     path = write(tmp_path, """
         reviewer: {llm: true, model: openai/local, api_base: "http://127.0.0.1:8000/v1", api_key_env: LOCAL_KEY}
         reporter: {model: policy}
+        proposer: {revise: true}
     """)
     result = CliRunner().invoke(app, ["team", "show", str(path)])
     assert result.exit_code == 0, result.output
@@ -195,6 +196,7 @@ def test_team_show_prints_each_roles_model_tools_prompts_and_training(tmp_path):
     assert set(rows) == {"proposer", "solver", "reviewer", "reporter"}
     for role in ("proposer", "solver"):
         assert rows[role].split()[1:3] == ["policy", "(builtin:smollm2-135m)"] and rows[role].endswith(" yes")
+    assert "run_candidate (revises)" in rows["proposer"] and "run_candidate" not in rows["solver"]
     assert "rules, then litellm openai/local at http://127.0.0.1:8000/v1 key $LOCAL_KEY" in rows["reviewer"]
     assert "similar_pool_programs, run_program" in rows["reviewer"] and rows["reviewer"].endswith(" no")
     assert "progress, feedback_and_health, examples" in rows["reporter"] and rows["reporter"].endswith(" no")
@@ -208,6 +210,7 @@ def test_team_show_of_the_demo_team(tmp_path):
     result = CliRunner().invoke(app, ["team", "show", str(REPO / "teams" / "demo-cpu.yaml")])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: " ".join(line.split()) for line in result.output.splitlines()[1:]}
+    assert rows["proposer"].split()[3] == "run_candidate" and "revises" not in rows["proposer"]
     assert rows["reviewer"].startswith("reviewer rules only (llm: false) -")
     assert rows["reporter"].startswith("reporter template (no model) -")
     bad = CliRunner().invoke(app, ["team", "show", str(tmp_path / "none.yaml")])
