@@ -82,9 +82,11 @@ class BatchedPolicy(Model):
                     for kind in dict.fromkeys(kind for _, (kind, _) in asked):
                         slots = [slot for slot, (k, _) in asked if k == kind]
                         answers = handlers[kind]([request for _, (k, request) in asked if k == kind])
-                        self._answers.update(zip(slots, answers))
-                except BaseException as err:  # every waiting agent gets it
+                        self._answers.update(zip(slots, answers, strict=True))  # one answer short: nobody waits
+                except BaseException as err:  # every waiting agent gets it (Ctrl-C included), and so does the caller
                     self._error = err
+                    self._round.notify_all()
+                    raise
                 self._round.notify_all()
 
 
@@ -142,6 +144,11 @@ class RoleAgent(MultiStepAgent):
         else:
             self.role_messages = follow_up
             yield ActionOutput(output=None, is_final_answer=False)
+
+    def _handle_max_steps_reached(self, task, *args, **kwargs):
+        # smolagents logs an AgentError of a step and, out of steps, asks the model for a final answer: a call
+        # outside the agent's round. Our turns raise no AgentError; should one come, it fails the round instead.
+        raise RuntimeError(f"a {type(self).__name__} ended without an answer: {self.memory.steps[-1].error}")
 
     @property
     def task_text(self) -> str:

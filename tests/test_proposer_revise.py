@@ -56,15 +56,21 @@ def test_every_failed_proposal_is_revised_in_the_step_round_only_when_the_team_s
         selfplay = SelfPlay(team(tmp_path, revise, max_new_tokens=8), store, transformers_engine, sandbox,
                             learner=None)
         selfplay.ensure_zero_triplets()
-        timings = {}
-        proposals, _ = selfplay._propose(Curriculum(), random.Random(0), timings=timings)
+        timings, sandbox_calls = {}, []
+        validate_many = sandbox.validate_many
+        sandbox.validate_many = lambda jobs: sandbox_calls.append(len(jobs)) or validate_many(jobs)
+        try:
+            proposals, _ = selfplay._propose(Curriculum(), random.Random(0), timings=timings)
+        finally:
+            del sandbox.validate_many  # the executor's own method again
     first = [p for p in proposals if not p.revision]
     revisions = [p for p in proposals if p.revision]
     assert len(first) == 4 and not any(p.valid for p in first) and timings["validate"] > 0
     assert len(revisions) == (4 if revise else 0)
+    # The agents' tool runs each round's candidates in one sandbox call (none parse here, so none is run).
+    assert sandbox_calls == ([0, 0] if revise else [0])
     for p in revisions:
         # trained as a turn of its conversation: the first reply, then the verdict
         conversation = p.prompt[1]
         assert conversation[-2]["role"] == "assistant" and conversation[-1]["content"].startswith("That did not work")
         assert p.sample.prompt_ids == transformers_engine.chat_prompt_ids(conversation)
-        assert p.reason or p.valid  # the tool ran it too

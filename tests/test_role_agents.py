@@ -56,7 +56,7 @@ def test_a_failure_reaches_every_agent_and_nobody_waits_forever():
 
 def test_a_checked_agent_runs_its_tool_and_writes_again_when_the_verdict_says_so():
     """Agents 0 and 2 have the RunCandidate tool; agent 0's first verdict comes with a conversation to go on with.
-    Each round is one call per kind in this thread; the second round holds only agent 0."""
+    Each round is one call per kind in this thread; the third and fourth calls are for agent 0 alone."""
     calls = []
 
     def answer_all(requests):
@@ -79,6 +79,20 @@ def test_a_checked_agent_runs_its_tool_and_writes_again_when_the_verdict_says_so
         ("model", here, [("that failed; again", 0)]),
         ("check", here, [(0, "reply to that failed; again", 2)]),
     ]
+
+
+def test_a_failing_or_short_tool_answer_reaches_every_agent_and_the_caller():
+    def answer_all(requests):
+        return ["reply"] * len(requests)
+
+    def sandbox_down(turns):
+        raise RuntimeError("the sandbox is gone")
+
+    with pytest.raises(RuntimeError, match="the sandbox is gone"):
+        run_role_agents(prompts(4), answer_all, sandbox_down, checked=lambda extra: True)
+    with pytest.raises(ValueError, match="shorter"):  # one verdict short: an error, not an agent waiting forever
+        run_role_agents(prompts(4), answer_all, lambda turns: [("ok", None)] * (len(turns) - 1),
+                        checked=lambda extra: True)
 
 
 @pytest.mark.slow

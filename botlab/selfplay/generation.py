@@ -77,9 +77,11 @@ class Generator:
         [groups] = self.generate_together([Ask(role, prompts, role_cfg, n)])
         return groups
 
-    def generate_together(self, asks: list[Ask]) -> list[list[list[Sample]]]:
+    def generate_together(self, asks: list[Ask]) -> list[list[list]]:
         """Every ask's samples (per ask, per prompt) from one round: each prompt is a smolagents agent of its role
-        (agents/role_agent.py), and all the agents' turns reach the engine as one batch, whatever their roles."""
+        (agents/role_agent.py), and all the agents' turns reach the engine as one batch, whatever their roles. A
+        checked ask's prompts get their verdicts instead (one per turn), from rounds that hold only the agents still
+        at work."""
         flat = [(ask, i, prompt) for ask in asks for i, prompt in enumerate(ask.prompts)]
 
         def answer_all(requests: list[tuple[list[dict], tuple[Ask, int, Prompt]]]) -> list[list[Sample]]:
@@ -93,7 +95,7 @@ class Generator:
             for ask in {id(extra[0]): extra[0] for extra, *_ in turns}.values():
                 mine = [j for j, (extra, *_) in enumerate(turns) if extra[0] is ask]
                 answers = ask.check([(turns[j][0][1], *turns[j][1:]) for j in mine])
-                for j, answer in zip(mine, answers):
+                for j, answer in zip(mine, answers, strict=True):
                     verdicts[j] = answer
             return verdicts
 

@@ -26,8 +26,7 @@ class Proposal:
     heldout: bool = False  # admitted, but set aside for the held-out split (selfplay/heldout.py): never trained on
     solve_rate: float | None = None
     detail: str = ""  # what the parser or the sandbox said about a failure
-    prompt: Prompt | None = None  # what it answered, and the induction program it probed (for a revision turn)
-    program: Triplet | None = None
+    prompt: Prompt | None = None  # what it answered (a revision turn's conversation starts from it)
     revision: bool = False  # the second turn of a failed proposal (roles.proposer.revise)
 
 
@@ -36,7 +35,7 @@ def read_proposal(proposer: Proposer, prompt: Prompt, program: Triplet | None, s
     """The proposal in a reply to `prompt`; for induction `program` is the probed program."""
     task_type = prompt[0]
     parsed = proposer.parse(task_type, sample.text, program=program and program.program)
-    proposal = Proposal(sample, parsed.ok, parsed.reason, detail=parsed.detail, prompt=prompt, program=program,
+    proposal = Proposal(sample, parsed.ok, parsed.reason, detail=parsed.detail, prompt=prompt,
                         revision=revision)
     if parsed.ok:
         if task_type == "induction":

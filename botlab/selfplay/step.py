@@ -92,7 +92,9 @@ class SelfPlay:
         return any(self.buffers.size(t) < self.cfg.seed_size for t in self.cfg.task_types)
 
     def seed_round(self, round_no: int, on_phase: PhaseCallback = lambda p: None) -> tuple[dict[str, int], Counter]:
-        """Propose with the untrained model (no update) and admit what is valid, as AZR does before step 1."""
+        """Propose with the untrained model (no update) and admit what is valid, as AZR does before step 1. The
+        proposer agents' tool runs (and, with roles.proposer.revise, revises) in the proposing round; inputs from the
+        model's calls (selfplay.seed_call_inputs) then mend what still failed for its input."""
         rng = random.Random(f"{self.team.train.seed}-seed-{round_no}")
         curriculum = load_curriculum(self.store)
         on_phase("seed: propose")
