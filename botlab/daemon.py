@@ -293,18 +293,17 @@ class Daemon:
             outcomes = self.selfplay.seed_from_file(read_seed_file(path))
             outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
             self.progress.note(f"seed file {path.name}: buffers {self.selfplay.buffers.sizes()}; tasks: {outcome}")
-        cfg = self.team.selfplay
-        rounds = empty = 0
+        budget = seeding.SeedBudget(self.team.selfplay)
         while self.selfplay.needs_seeding() and not self.stop.requested:
-            why = seeding.stop_reason(cfg, rounds, empty)
+            why = budget.stop_reason()
             if why:
                 self.progress.note(f"seeding stopped ({why}) with buffers {self.selfplay.buffers.sizes()}"
-                                   f" (seed_size {cfg.seed_size}); self-play starts with these")
+                                   f" (seed_size {self.team.selfplay.seed_size}); self-play starts with these")
                 break
-            rounds += 1
+            rounds = budget.rounds + 1
             sizes, outcomes = self.selfplay.seed_round(
                 rounds, on_phase=lambda p: self._phase(side, f"seed round {rounds}", p))
-            empty = 0 if seeding.admitted_any(outcomes) else empty + 1
+            budget.record(outcomes)
             outcome = ", ".join(f"{reason} {n}" for reason, n in outcomes.most_common())
             self.progress.note(f"seed round {rounds}: buffers {sizes}; proposals: {outcome}")
             self._tick(side)

@@ -13,7 +13,7 @@ from botlab.selfplay.buffers import Buffers
 from botlab.selfplay.generation import Sample
 from botlab.selfplay.proposals import Proposal, read_proposal
 from botlab.selfplay.records import store_proposal
-from botlab.selfplay.seeding import admitted_any, inputs_from_calls, stop_reason
+from botlab.selfplay.seeding import SeedBudget, inputs_from_calls
 from botlab.selfplay.step import SelfPlay
 from botlab.store import Store, open_store
 from botlab.tasks import Triplet
@@ -97,9 +97,18 @@ def test_a_program_that_failed_for_its_input_gets_one_from_the_models_calls(tmp_
 
 
 def test_seeding_ends_after_rounds_in_a_row_that_admitted_nothing():
-    cfg = SelfPlayConfig(seed_max_rounds=10, seed_patience=3)
-    assert stop_reason(cfg, rounds=5, empty_in_a_row=2) is None
-    assert stop_reason(cfg, rounds=5, empty_in_a_row=3) == "3 rounds in a row admitted nothing"
-    assert stop_reason(cfg, rounds=10, empty_in_a_row=0) == "10 rounds"
-    assert admitted_any(Counter({"exact_duplicate": 4, "heldout": 1}))  # the held-out split is progress too
-    assert not admitted_any(Counter({"exact_duplicate": 4, "exception": 2}))
+    budget = SeedBudget(SelfPlayConfig(seed_max_rounds=10, seed_patience=3))
+    nothing, one, held_out = Counter({"exact_duplicate": 4}), Counter({"admitted": 1}), Counter({"heldout": 1})
+    for outcomes in (one, nothing, nothing, held_out, nothing, nothing):  # the held-out split is progress too
+        budget.record(outcomes)
+        assert budget.stop_reason() is None
+    budget.record(nothing)
+    assert budget.stop_reason() == "3 rounds in a row admitted nothing" and budget.rounds == 7
+
+
+def test_seeding_ends_after_seed_max_rounds():
+    budget = SeedBudget(SelfPlayConfig(seed_max_rounds=2, seed_patience=3))
+    budget.record(Counter({"admitted": 2}))
+    assert budget.stop_reason() is None
+    budget.record(Counter({"admitted": 1}))
+    assert budget.stop_reason() == "2 rounds"

@@ -57,18 +57,28 @@ def inputs_from_calls(proposer: Proposer, generator: Generator, executor: Execut
     return len(mended)
 
 
-def stop_reason(cfg: SelfPlayConfig, rounds: int, empty_in_a_row: int) -> str | None:
-    """Why seeding ends before every buffer holds seed_size tasks, or None to run another round."""
-    if empty_in_a_row >= cfg.seed_patience:
-        return f"{empty_in_a_row} rounds in a row admitted nothing"
-    if rounds >= cfg.seed_max_rounds:
-        return f"{rounds} rounds"
-    return None
+class SeedBudget:
+    """How long seeding goes on before every buffer holds seed_size tasks: at most seed_max_rounds rounds, and no
+    further once seed_patience rounds in a row admitted nothing."""
 
+    def __init__(self, cfg: SelfPlayConfig):
+        self.cfg = cfg
+        self.rounds = 0
+        self.empty_in_a_row = 0
 
-def admitted_any(outcomes: Counter) -> bool:
-    """A seed round's outcomes (SelfPlay.seed_round) include a task admitted to a buffer or to the held-out split."""
-    return outcomes["admitted"] + outcomes["heldout"] > 0
+    def record(self, outcomes: Counter) -> None:
+        """A seed round's outcomes (SelfPlay.seed_round): one admitted to a buffer or the held-out split resets the
+        count of empty rounds."""
+        self.rounds += 1
+        self.empty_in_a_row = 0 if outcomes["admitted"] + outcomes["heldout"] else self.empty_in_a_row + 1
+
+    def stop_reason(self) -> str | None:
+        """Why seeding ends now, or None to run another round."""
+        if self.empty_in_a_row >= self.cfg.seed_patience:
+            return f"{self.empty_in_a_row} rounds in a row admitted nothing"
+        if self.rounds >= self.cfg.seed_max_rounds:
+            return f"{self.rounds} rounds"
+        return None
 
 
 def file_proposal(task: Triplet) -> Proposal:
