@@ -159,12 +159,13 @@ def run_role_agents(prompts: Sequence[tuple[list[dict], Any]], answer_all: Answe
                     check_all: CheckAll | None = None, checked: Callable[[Any], bool] = lambda extra: False
                     ) -> list[Any]:
     """One RoleAgent per (messages, extra), every round of their turns answered by one `answer_all` call made in this
-    thread; their final answers in order. Agents whose extra is `checked` get the RunCandidate tool, and their
-    replies go to `check_all` (one call per round, in this thread)."""
+    thread; their final answers in order. With `check_all`, agents whose extra is `checked` get the RunCandidate
+    tool, and their replies go to `check_all` (one call per round, in this thread)."""
     if not prompts:
         return []
     model = BatchedPolicy(len(prompts))
-    agents = [RoleAgent(model, messages, slot, extra, RunCandidate(model, slot, extra) if checked(extra) else None)
+    agents = [RoleAgent(model, messages, slot, extra,
+                        RunCandidate(model, slot, extra) if check_all and checked(extra) else None)
               for slot, (messages, extra) in enumerate(prompts)]
 
     def run(agent: RoleAgent):
@@ -176,7 +177,7 @@ def run_role_agents(prompts: Sequence[tuple[list[dict], Any]], answer_all: Answe
         model.leave()
         return answer
 
-    handlers = {"model": answer_all, "check": check_all or (lambda turns: [(None, None)] * len(turns))}
+    handlers = {"model": answer_all, "check": check_all}
     with ThreadPoolExecutor(max_workers=len(agents), thread_name_prefix="botlab-role") as pool:
         futures = [pool.submit(run, agent) for agent in agents]
         model.serve(handlers)
