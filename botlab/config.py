@@ -363,6 +363,12 @@ class SelfPlayConfig(Strict):
         3, ge=1, description="seeding also ends after this many rounds in a row that admitted nothing: an untrained "
         "model that cannot yet write a task type (a 135M model's induction) is not asked again and again"
     )
+    draw: Literal["uniform", "by_output_kind"] = Field(
+        "uniform", description="how references and solver tasks are drawn from a buffer: uniformly (AZR), or an "
+        "output kind first (str, list, number, ... among those the buffer holds), then a task of that kind. A small "
+        "model's buffer is mostly integer arithmetic, and its solver learns to answer every task with a number "
+        "(docs/method.md, \"Drawing by output kind\")"
+    )
     buffer_max: int = Field(16384, ge=16, description="programs kept per buffer before eviction")
     eviction: Literal["oldest", "lowest_reward"] = Field(
         "oldest", description="which program a full buffer drops (AZR instead stops accepting at 16384)"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from botlab.agents.blocks import split_blocks
-from botlab.agents.solver import Solver
+from botlab.agents.solver import AnswerParse, Solver
 from botlab.config import TeamConfig
 from botlab.jsonl import read_text_rows
 from botlab.engines import Engine, Sampling
@@ -25,7 +25,7 @@ from botlab.selfplay.checking import check_answers
 from botlab.models import ModelNotFound, resolve_model
 from botlab.rundir import LAST_EVAL_KEY, STORE_NAME
 from botlab.store import Store, open_store
-from botlab.tasks import Triplet
+from botlab.tasks import Triplet, output_kind
 
 SUITES = ("heldout", "humaneval", "cruxeval-o", "cruxeval-i")
 HUMANEVAL_PROMPT = (
@@ -45,6 +45,10 @@ class EvalResult:
     problems: int
     samples_per_problem: int
     seconds: float
+    # Output prediction only: what kind of value the answers were (str, list, number, ...; "unreadable" when no
+    # answer could be read) against the gold outputs' kinds. A small model trained on integer tasks answers every
+    # problem with a number; this shows it where the score alone does not.
+    kinds: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -132,7 +136,26 @@ def evaluate_tasks(engine: Engine, executor: Executor, team: TeamConfig, suite: 
             items.append((task, solver.parse(task.task_type, text)))
     correct = check_answers(executor, team.selfplay.induction_visible, items)  # one sandbox batch for all answers
     scores = [sum(correct[i:i + samples]) / samples for i in range(0, len(correct), samples)]
-    return _result(suite, scores, samples, started)
+    result = _result(suite, scores, samples, started)
+    if all(task.task_type == "deduction" for task in tasks):
+        result.kinds = answer_kinds(items, correct)
+    return result
+
+
+def answer_kinds(items: list[tuple[Triplet, AnswerParse]], correct: list[bool]) -> dict:
+    """{"gold": {kind: [answers, answers of that kind, correct answers]}, "answered": {kind: answers}} for output
+    predictions, kinds read from the texts (tasks.output_kind)."""
+    gold: dict[str, list[int]] = {}
+    answered: dict[str, int] = {}
+    for (task, parsed), ok in zip(items, correct):
+        want = output_kind(task.outputs[0])
+        got = output_kind(parsed.answer) if parsed.ok else "unreadable"
+        row = gold.setdefault(want, [0, 0, 0])
+        row[0] += 1
+        row[1] += got == want
+        row[2] += bool(ok)
+        answered[got] = answered.get(got, 0) + 1
+    return {"gold": gold, "answered": answered}
 
 
 def _humaneval(engine: Engine, executor: Executor, team: TeamConfig, problems: list[dict], samples: int) -> EvalResult:

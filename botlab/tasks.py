@@ -33,6 +33,27 @@ ZERO_INDUCTION_INPUTS = ["'Hello world'", "[1, 2]", "7", "'abc'", "(3, 'x')", "{
 ZERO_INDUCTION_MESSAGE = "The function gives back exactly what it receives."
 
 
+def output_kind(output: str) -> str:
+    """What kind of value a canonical output repr spells: str, list, tuple, dict, set, bool, number, none or other.
+    Read from the text (never evaluated): draws by kind (selfplay.draw) need nothing more."""
+    text = output.strip()
+    if not text:
+        return "other"
+    if text[0] in ("'", '"'):
+        return "str"
+    if text[0] in ("[", "("):
+        return "list" if text[0] == "[" else "tuple"
+    if text[0] == "{":
+        return "set" if text != "{}" and ":" not in text else "dict"  # a set of strings holding ':' reads as a dict
+    if text in ("True", "False"):
+        return "bool"
+    if text == "None":
+        return "none"
+    if text[0].isdigit() or text[0] in "-." or text in ("inf", "nan"):
+        return "number"
+    return "other"
+
+
 def zero_triplet(task_type: TaskType, induction_inputs: int = len(ZERO_INDUCTION_INPUTS)) -> Triplet:
     if task_type == "induction":
         return Triplet(ZERO_PROGRAM, ZERO_INDUCTION_INPUTS[:induction_inputs], [], ZERO_INDUCTION_MESSAGE, task_type)

@@ -33,3 +33,23 @@ def test_two_steps_then_base_and_trained_scores(tmp_path, builtin_model_dir):
     assert set(result["start"]["held_out"]) == set(result["end"]["held_out"])
     assert {"propose", "solve", "learn"} <= set(result["seconds_per_phase"])
     check_run_invariants(run_dir / "tiny")
+
+
+def test_report_reads_start_against_end_with_answer_kinds():
+    from bench.learning import report
+
+    def moment(score, kinds):
+        return {"held_out": {"cruxeval-o": (score, 0.03, 467)},
+                "answer_kinds": {"cruxeval-o": {"gold": kinds, "answered": {}}},
+                "selfplay": {"solver_format": (0.9, 0.85, 0.94, 240)}}
+
+    result = {"steps": 94, "team": "demo-cpu", "step_seconds": 3531.0, "run_dir": "/runs/demo-cpu", "window": 5,
+              "seconds_per_phase": {"learn": 15.8, "propose": 15.9},
+              "start": moment(0.111, {"list": [129, 0, 0], "number": [152, 130, 29]}),
+              "end": moment(0.2, {"list": [129, 12, 3], "number": [152, 140, 31]})}
+    text = report(result)
+    assert "cruxeval-o            0.111 ± 0.030 ->  0.200 ± 0.030  n=467  (intervals apart)" in text
+    assert "    number      152  of that kind  130 ->  140  right   29 ->   31" in text
+    assert "    list        129  of that kind    0 ->   12  right    0 ->    3" in text
+    assert text.index("number") < text.index("list")  # the commonest kind of output first
+    assert "average seconds per phase: learn 15.8, propose 15.9" in text

@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from botlab.config import SelfPlayConfig
 from botlab.selfplay.buffers import Buffers, insert_task
 from botlab.store import Store
@@ -74,3 +76,45 @@ def test_same_seed_same_sample(tmp_path):
     a = [t.id for t in buffers.references("deduction", 6, random.Random("0-7"))]
     b = [t.id for t in buffers.references("deduction", 6, random.Random("0-7"))]
     assert a == b
+
+
+def fill_kinds(store, buffers, outputs):
+    """One deduction task per output repr, the i-th added at step i."""
+    with store.transaction() as db:
+        for i, output in enumerate(outputs):
+            t = Triplet(f"def f(a):\n    return {output}", [str(i)], [output], task_type="deduction")
+            buffers.add(db, "deduction", insert_task(db, i, t, "admitted", None), i)
+
+
+def test_output_kind_reads_the_repr():
+    from botlab.tasks import output_kind
+
+    kinds = {"'ab'": "str", '"it\'s"': "str", "[1]": "list", "(1, 'a')": "tuple", "{}": "dict", "{'a': 1}": "dict",
+             "{1, 2}": "set", "True": "bool", "None": "none", "-3": "number", "2.5": "number", "inf": "number",
+             "set()": "other", "": "other"}
+    assert {text: output_kind(text) for text in kinds} == kinds
+
+
+def test_draw_by_output_kind_gives_a_rare_kind_its_share(tmp_path):
+    """One string task among nine number tasks is drawn far more often by output kind than uniformly."""
+    outputs = ["'ab'"] + [str(n) for n in range(9)]
+    shares = {}
+    for draw in ("uniform", "by_output_kind"):
+        store = Store(tmp_path / f"{draw}.sqlite")
+        buffers = Buffers(store, SelfPlayConfig(draw=draw))
+        fill_kinds(store, buffers, outputs)
+        rng = random.Random(0)
+        refs = [t for _ in range(300) for t in buffers.references("deduction", 2, rng)]
+        assert all(len({t.id for t in buffers.references("deduction", 2, rng)}) == 2 for _ in range(20))
+        batches = [buffers.solver_batch("deduction", 4, rng) for _ in range(300)]
+        assert all(b[0].outputs == ["8"] for b in batches)  # the newest task first, whatever the draw
+        batch = [t for b in batches for t in b]
+        shares[draw] = [sum(t.outputs[0] == "'ab'" for t in ts) / len(ts) for ts in (refs, batch)]
+    # two distinct references: uniformly the string task is in 1 pair in 5 (a share of 0.1 of the references); by
+    # kind in 3 in 4 (0.375: the first draw is a string 1 time in 2, else the second is)
+    assert shares["uniform"][0] == pytest.approx(0.1, abs=0.04)
+    assert shares["by_output_kind"][0] == pytest.approx(0.375, abs=0.06)
+    # the newest task, then 3 distinct of the other 9: uniformly the string task is in 1 batch in 3 (0.083 of the
+    # batch's tasks), by kind in 7 in 8 (0.22)
+    assert shares["uniform"][1] == pytest.approx(0.083, abs=0.03)
+    assert shares["by_output_kind"][1] == pytest.approx(0.22, abs=0.04)

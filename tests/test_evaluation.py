@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from botlab.agents.solver import Solver
 from botlab.cli import app
 from botlab.config import SelfPlayConfig
-from botlab.evaluation import EvalError, _humaneval_program, load_problems
+from botlab.evaluation import EvalError, _humaneval_program, answer_kinds, load_problems
 from botlab.selfplay.buffers import insert_task
 from botlab.selfplay.checking import check_answers
 from botlab.store import open_store
@@ -60,6 +60,20 @@ def test_output_and_input_prediction_are_checked_by_value(sandbox, data_file):
     assert check(p2, "deduction", ["```python\nassert f([1, 2], 3) == [3,6]\n```"]) == [True]
     assert check(p2, "abduction", ["```input\n[1, 2], 3\n```", "```input\n[1.0, 2], 3\n```",
                                    "```input\n[1], 3\n```"]) == [True, True, False]
+
+
+def test_answer_kinds_count_what_kind_of_value_each_answer_was(sandbox, data_file):
+    """A string problem answered with a number and with the right string, a list problem with a wrong list and with
+    no readable answer: the table says so, and its right answers are the sandbox's verdicts."""
+    solver = Solver(SelfPlayConfig())
+    [p1, p2] = [Triplet(p["code"], [p["input"]], [p["output"]]) for p in load_problems("cruxeval-o", data_file, None)]
+    items = [(task, solver.parse("deduction", f"```output\n{answer}\n```"))
+             for task, answer in [(p1, "3"), (p1, "'cbax'"), (p2, "[3, 5]")]]
+    items.append((p2, solver.parse("deduction", "I think it is three")))
+    correct = check_answers(sandbox, 5, items)
+    assert correct == [False, True, False, False]
+    assert answer_kinds(items, correct) == {"gold": {"str": [2, 1, 1], "list": [2, 1, 0]},
+                                            "answered": {"number": 1, "str": 1, "list": 1, "unreadable": 1}}
 
 
 def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(sandbox):
@@ -113,6 +127,12 @@ def test_eval_command_runs_every_suite_on_the_demo_team(tmp_path, data_file, san
         assert r["problems"] == n, suite
         # pass@1 of greedy answers: a whole number of correct problems out of n, each checked in the sandbox
         assert 0.0 <= r["score"] <= 1.0 and abs(r["score"] * n - round(r["score"] * n)) < 1e-9, (suite, r)
+    # output prediction also says what kind of value each answer was, against its problem's output
+    for suite, gold in [("cruxeval-o", {"str", "list"}), ("heldout/deduction", {"number", "str"})]:
+        kinds = by_suite[suite]["kinds"]
+        assert set(kinds["gold"]) == gold and sum(kinds["answered"].values()) == 2
+        assert sum(right for _, _, right in kinds["gold"].values()) == round(by_suite[suite]["score"] * 2)
+    assert by_suite["cruxeval-i"]["kinds"] == by_suite["humaneval"]["kinds"] == {}
     # Recorded in the run's history; nothing of the eval lands in tasks (beyond the split), buffers or samples.
     db = sqlite3.connect(run_dir / "botlab.sqlite")
     assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("tasks", "buffers", "samples")] == [3, 0, 0]

@@ -1,7 +1,8 @@
 """Task buffers per task type, kept in the store so they survive restarts and commit with their step.
 
 Proposer references are sampled uniformly (AZR found recency sampling risks collapse); solver batches take the
-newest tasks first, then fill uniformly. A full buffer evicts (oldest, or lowest learnability) instead of freezing
+newest tasks first, then fill uniformly. With selfplay.draw = by_output_kind both draw an output kind first, uniformly
+among the kinds the buffer holds, then a task of that kind. A full buffer evicts (oldest, or lowest learnability) instead of freezing
 as the original does at 16384.
 """
 
@@ -15,7 +16,7 @@ import time
 from botlab.agents.pyast import input_key
 from botlab.config import SelfPlayConfig, TaskType
 from botlab.store import Store
-from botlab.tasks import Triplet
+from botlab.tasks import Triplet, output_kind
 
 PROGRAM_TYPES: tuple[TaskType, ...] = ("deduction", "abduction")  # induction proposers draw programs from these
 
@@ -34,9 +35,9 @@ class Buffers:
         return {t: self.size(t) for t in ("deduction", "abduction", "induction")}
 
     def references(self, task_type: TaskType, k: int, rng: random.Random) -> list[Triplet]:
-        """K distinct tasks of this type, uniformly."""
+        """K distinct tasks of this type."""
         ids = self._ids(task_type)
-        return self._load(rng.sample(ids, min(k, len(ids))), task_type)
+        return self._load(self._draw(ids, min(k, len(ids)), rng, distinct=True), task_type)
 
     def program_for_induction(self, rng: random.Random) -> Triplet | None:
         """A program from the deduction/abduction buffers, for the induction proposer to write inputs for."""
@@ -58,9 +59,32 @@ class Buffers:
         newest_step = rows[0]["added_step"]
         newest = [r["task_id"] for r in rows if r["added_step"] == newest_step][:size]
         rest = [r["task_id"] for r in rows if r["added_step"] != newest_step]
-        chosen = newest + rng.sample(rest, min(size - len(newest), len(rest)))
-        chosen += rng.choices([r["task_id"] for r in rows], k=size - len(chosen))
+        chosen = newest + self._draw(rest, min(size - len(newest), len(rest)), rng, distinct=True)
+        chosen += self._draw([r["task_id"] for r in rows], size - len(chosen), rng, distinct=False)
         return self._load(chosen, task_type)
+
+    def _draw(self, ids: list[int], n: int, rng: random.Random, distinct: bool) -> list[int]:
+        """n of `ids`, uniformly or (selfplay.draw) by output kind; `distinct` draws without replacement."""
+        if self.cfg.draw == "uniform" or n <= 0:
+            return rng.sample(ids, n) if distinct else rng.choices(ids, k=n)
+        by_kind: dict[str, list[int]] = {}
+        for task_id, kind in self._output_kinds(ids).items():
+            by_kind.setdefault(kind, []).append(task_id)
+        chosen = []
+        for _ in range(n):
+            kind = rng.choice(sorted(by_kind))
+            group = by_kind[kind]
+            task_id = group.pop(rng.randrange(len(group))) if distinct else rng.choice(group)
+            if not group:
+                del by_kind[kind]
+            chosen.append(task_id)
+        return chosen
+
+    def _output_kinds(self, ids: list[int]) -> dict[int, str]:
+        """Task id -> the kind of its first output, in id order."""
+        marks = ",".join("?" * len(ids))
+        rows = self.store.query(f"SELECT id, outputs FROM tasks WHERE id IN ({marks}) ORDER BY id", ids)
+        return {r["id"]: output_kind((json.loads(r["outputs"]) or [""])[0]) for r in rows}
 
     def tasks(self, task_type: TaskType) -> list[Triplet]:
         """Every buffered task of this type (the warm start answers them all)."""
