@@ -369,6 +369,11 @@ class SelfPlayConfig(Strict):
         "model's buffer is mostly integer arithmetic, and its solver learns to answer every task with a number "
         "(docs/method.md, \"Drawing by output kind\")"
     )
+    rare_kind_bonus: float = Field(
+        0.0, ge=0, description="added to the reward of an admitted deduction/abduction proposal, times (1 - the share "
+        "of its kind of output among its buffer's tasks): a task whose output is a string when the buffer holds "
+        "numbers is worth more than the next number, even before the solver can answer it (0 = AZR's reward)"
+    )
     buffer_max: int = Field(16384, ge=16, description="programs kept per buffer before eviction")
     eviction: Literal["oldest", "lowest_reward"] = Field(
         "oldest", description="which program a full buffer drops (AZR instead stops accepting at 16384)"

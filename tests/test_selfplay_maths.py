@@ -120,6 +120,13 @@ def test_proposer_reward_cases():
     assert proposer_reward(parsed=True, valid=True, admitted=True, solve_rate=0.0, **kw).value == -0.5
     learnable = proposer_reward(parsed=True, valid=True, admitted=True, solve_rate=0.25, **kw)
     assert learnable.value == pytest.approx(0.75) and learnable.parts["why"] == "learnability"
+    # selfplay.rare_kind_bonus: added to admitted tasks only, learnable or not
+    assert proposer_reward(parsed=True, valid=True, admitted=True, solve_rate=0.25, rarity_bonus=0.3,
+                           **kw).value == pytest.approx(1.05)
+    unsolved = proposer_reward(parsed=True, valid=True, admitted=True, solve_rate=0.0, rarity_bonus=0.3, **kw)
+    assert unsolved.value == pytest.approx(-0.2) and unsolved.parts["rarity_bonus"] == 0.3
+    assert proposer_reward(parsed=True, valid=True, admitted=False, solve_rate=None, rarity_bonus=0.3,
+                           **kw).value == -0.5
 
 
 def test_solver_reward_cases():

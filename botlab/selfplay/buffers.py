@@ -39,6 +39,11 @@ class Buffers:
         ids = self._ids(task_type)
         return self._load(self._draw(ids, min(k, len(ids)), rng, distinct=True), task_type)
 
+    def kind_shares(self, task_type: TaskType) -> dict[str, float]:
+        """The share of each kind of output (tasks.output_kind) among the buffer's tasks of this type."""
+        kinds = list(self._output_kinds(self._ids(task_type)).values())
+        return {kind: kinds.count(kind) / len(kinds) for kind in set(kinds)}
+
     def program_for_induction(self, rng: random.Random) -> Triplet | None:
         """A program from the deduction/abduction buffers, for the induction proposer to write inputs for."""
         ids = self._ids(*PROGRAM_TYPES)

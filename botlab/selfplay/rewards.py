@@ -24,19 +24,20 @@ def learnability(solve_rate: float) -> float:
 
 def proposer_reward(
     *, parsed: bool, valid: bool, admitted: bool, solve_rate: float | None, format_penalty: float, wrong_penalty: float,
-    reason: str | None = None,
+    reason: str | None = None, rarity_bonus: float = 0.0,
 ) -> Reward:
-    """Format failure or invalid task -> format_penalty; valid but rejected or unlearnable -> wrong_penalty."""
+    """Format failure or invalid task -> format_penalty; valid but rejected or unlearnable -> wrong_penalty. An
+    admitted task also gets `rarity_bonus` (selfplay.rare_kind_bonus: more for a kind of output its buffer lacks)."""
     parts = {"parsed": parsed, "valid": valid, "admitted": admitted, "solve_rate": solve_rate, "reason": reason}
     if not (parsed and valid):
         return Reward(format_penalty, parts | {"why": "format"})
     if not admitted or solve_rate is None:
         return Reward(wrong_penalty, parts | {"why": "rejected"})
     score = learnability(solve_rate)
-    parts["learnability"] = score
+    parts |= {"learnability": score, "rarity_bonus": rarity_bonus}
     if score == 0.0:
-        return Reward(wrong_penalty, parts | {"why": "unlearnable"})
-    return Reward(score, parts | {"why": "learnability"})
+        return Reward(wrong_penalty + rarity_bonus, parts | {"why": "unlearnable"})
+    return Reward(score + rarity_bonus, parts | {"why": "learnability"})
 
 
 def solver_reward(*, parsed: bool, correct: bool, format_penalty: float, wrong_penalty: float,

@@ -26,7 +26,7 @@ from botlab.curriculum import Curriculum, load_curriculum
 from botlab.engines import Engine
 from botlab.rundir import RESUME_KEY
 from botlab.sandbox import Executor
-from botlab.selfplay.buffers import Buffers, insert_task
+from botlab.selfplay.buffers import PROGRAM_TYPES, Buffers, insert_task
 from botlab.selfplay import heldout, seeding
 from botlab.selfplay.checking import check_answers
 from botlab.selfplay.checkpoints import save_checkpoint, save_resume_state
@@ -38,7 +38,7 @@ from botlab.selfplay.rewards import proposer_reward, solver_reward
 from botlab.selfplay.summary import StepSummary, summarise
 from botlab.selfplay.trr import baseline_group, trr_advantages
 from botlab.store import Store
-from botlab.tasks import Triplet, zero_triplet
+from botlab.tasks import Triplet, output_kind, zero_triplet
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +147,12 @@ class SelfPlay:
             self._review(proposals, curriculum)
         with clock("learnability"):
             self._measure_learnability(proposals)
+        shares = {t: self.buffers.kind_shares(t) for t in PROGRAM_TYPES} if self.cfg.rare_kind_bonus else {}
         for p in proposals:
             p.sample.reward = proposer_reward(
                 parsed=p.parse_ok, valid=p.valid, admitted=p.admitted, solve_rate=p.solve_rate, reason=p.reason,
                 format_penalty=self.team.train.format_penalty, wrong_penalty=self.team.train.wrong_penalty,
+                rarity_bonus=self._rarity_bonus(p, shares),
             )
         with clock("solve"):
             solutions = self._solutions(solver_groups, owners)
@@ -277,6 +279,15 @@ class SelfPlay:
         revise = self.team.roles.proposer.revise
         return [(p, revision_messages(self.proposer, self.engine, p, role_cfg.max_new_tokens) if revise else None)
                 for p in proposals]
+
+    def _rarity_bonus(self, proposal: Proposal, shares: dict[TaskType, dict[str, float]]) -> float:
+        """selfplay.rare_kind_bonus times the share of the buffer that is not of this task's kind of output (the
+        buffer as the step found it)."""
+        task_type = proposal.sample.task_type
+        if not (proposal.admitted and task_type in shares):
+            return 0.0
+        kind = output_kind(proposal.triplet.outputs[0])
+        return self.cfg.rare_kind_bonus * (1.0 - shares[task_type].get(kind, 0.0))
 
     def _proposer_cfg(self, temperature: float | None) -> SamplingConfig:
         """The proposer's sampling, at `temperature` when one is given (seed rounds)."""
