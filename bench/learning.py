@@ -115,7 +115,8 @@ def report(result: dict) -> str:
         lines.append(f"  {suite} by kind of output: problems, answers of that kind, right answers (start -> end)")
         for kind, (n, same, right) in sorted(kinds["gold"].items(), key=lambda kv: -kv[1][0]):
             _, same0, right0 = before.get(kind, (n, 0, 0))
-            lines.append(f"    {kind:10s} {n:4d}  of that kind {same0:4d} -> {same:4d}  right {right0:4d} -> {right:4d}")
+            lines.append(f"    {kind:10s} {n:4d}  of that kind {same0:4d} -> {same:4d}  "
+                         f"right {right0:4d} -> {right:4d}")
     w = result["window"]
     lines.append(f"self-play, first {w} steps -> last {w} steps (95% Wilson intervals)")
     for key, (p0, lo0, hi0, n0) in result["start"]["selfplay"].items():

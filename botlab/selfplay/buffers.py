@@ -1,9 +1,9 @@
 """Task buffers per task type, kept in the store so they survive restarts and commit with their step.
 
 Proposer references are sampled uniformly (AZR found recency sampling risks collapse); solver batches take the
-newest tasks first, then fill uniformly. With selfplay.draw = by_output_kind both draw an output kind first, uniformly
-among the kinds the buffer holds, then a task of that kind. A full buffer evicts (oldest, or lowest learnability) instead of freezing
-as the original does at 16384.
+newest tasks first, then fill uniformly. With selfplay.draw = by_output_kind both draw a kind of output first,
+uniformly among the kinds the buffer holds, then a task of that kind. A full buffer evicts (oldest, or lowest
+learnability) instead of freezing as the original does at 16384.
 """
 
 from __future__ import annotations
