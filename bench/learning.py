@@ -41,14 +41,17 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float
 
 
 def window_stats(db: sqlite3.Connection, first: int, last: int) -> dict:
-    """Format compliance per role and solve rate per task type over steps first..last: (p, low, high, n)."""
-    rows = db.execute("SELECT role, task_type, parts FROM samples WHERE step BETWEEN ? AND ?", (first, last)).fetchall()
+    """Format compliance per role and solve rate per task type over steps first..last: (p, low, high, n). Hinted
+    answers (selfplay.solver_hints) are left out: the model did not find them alone."""
+    rows = [(role, task_type, json.loads(parts)) for role, task_type, parts in db.execute(
+        "SELECT role, task_type, parts FROM samples WHERE step BETWEEN ? AND ?", (first, last))]
+    rows = [row for row in rows if "hint" not in row[2]]
     out: dict = {}
     for role in ("proposer", "solver"):
-        picked = [json.loads(p) for r, _, p in rows if r == role]
+        picked = [p for r, _, p in rows if r == role]
         out[f"{role}_format"] = wilson(sum(1 for p in picked if p.get("parsed")), len(picked)) + (len(picked),)
     for task_type in TASK_TYPES:
-        solved = [json.loads(p) for r, t, p in rows if r == "solver" and t == task_type]
+        solved = [p for r, t, p in rows if r == "solver" and t == task_type]
         out[f"solve_{task_type}"] = wilson(sum(1 for p in solved if p.get("correct")), len(solved)) + (len(solved),)
     return out
 

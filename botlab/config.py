@@ -405,6 +405,13 @@ class SelfPlayConfig(Strict):
         "copies the zero triplet's 'Hello world' under `def f(a, b)`) gets the first of three calls of f the model "
         "writes that runs; nothing in a seed round is trained (botlab/selfplay/seeding.py)"
     )
+    solver_hints: bool = Field(
+        False, description="a deduction task none of whose answers was right, and whose output is a string, list, "
+        "tuple, dict or set the answers never even were, gets one more answer that the loop starts with the output's "
+        "first character (a quote or a bracket: its kind, not its value); a right one joins the task's answers and "
+        "is trained, that character included (STaR's rationalization). A small model answers every task with a "
+        "number and never meets a right answer of another kind to learn from. Needs roles.solver.prime_answer"
+    )
     induction_inputs: int = Field(10, ge=2, description="inputs an induction proposal must give")
     induction_visible: int = Field(5, ge=1, description="of those, shown to the solver; the rest are hidden tests")
     warm_start: WarmStartConfig = Field(
@@ -715,6 +722,13 @@ class TeamConfig(Strict):
         if self.train.solver_baseline == "task" and self.selfplay.solver_samples < 2:
             raise ValueError("train.solver_baseline 'task' compares the answers to one task with each other: set "
                              "selfplay.solver_samples to 2 or more")
+        return self
+
+    @model_validator(mode="after")
+    def _hints_need_primed_answers(self) -> "TeamConfig":
+        if self.selfplay.solver_hints and not self.roles.solver.prime_answer:
+            raise ValueError("selfplay.solver_hints starts an answer inside its answer block: set "
+                             "roles.solver.prime_answer to true")
         return self
 
     def resolve_path(self, path: Path) -> Path:

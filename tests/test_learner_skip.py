@@ -68,3 +68,19 @@ def test_per_task_baseline_skips_a_task_whose_answers_all_failed(tmp_path):
         stats = SelfPlay._learn(SimpleNamespace(team=team, learner=learner), samples)
         skipped[baseline] = stats["skipped_sequences"]
     assert skipped == {"task_type": 0, "task": 4}
+
+
+def test_a_nan_sampling_logprob_reads_as_the_policys_own(tmp_path):
+    """A hint token (selfplay.solver_hints) has no sampling-time log-prob: NaN, read as the policy's at update time.
+    The update equals the one with the true log-probs, and it moves the weights."""
+    save_tiny_model(tmp_path)
+    train = TrainConfig(lr=1e-2, micro_batch=2, bf16_autocast=False)
+    exact, hinted = Learner(tmp_path, ModelConfig(), train), Learner(tmp_path, ModelConfig(), train)
+    before = [p.detach().clone() for p in exact.model.parameters()]
+    batch = [with_logprobs(exact, [1, 2, 3], [10, 11, 12], 1.0), with_logprobs(exact, [4, 5], [20, 21], -0.5)]
+    exact.train_step(batch)
+    hinted.train_step([Rollout(r.prompt_ids, r.completion_ids, [float("nan")] + r.old_logprobs[1:], r.advantage,
+                               r.temperature) for r in batch])
+    for (name, a), (_, b) in zip(exact.model.named_parameters(), hinted.model.named_parameters()):
+        assert torch.isfinite(b).all() and torch.allclose(a, b, atol=1e-5), name
+    assert any(not torch.allclose(a, b) for a, b in zip(before, hinted.model.parameters()))

@@ -9,6 +9,7 @@ trained on what it sampled, never on what the loop wrote for it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,28 @@ class Generator:
                     if len(parts) > k for s in group if s.suffix]
             self._continue(todo)
         return groups
+
+    def hinted(self, samples: list[Sample], hints: list[str], parts: list[Segment], role_cfg: SamplingConfig
+               ) -> list[Sample]:
+        """One new reply to each sample's prompt (a one-part primed reply, `parts`), started with its hint. The
+        hint's tokens are trained as if the model had sampled them (selfplay.solver_hints): their sampling-time
+        log-probs are NaN, read by the learner as the policy's own at update time."""
+        if not samples:
+            return []
+        hint_ids = [self._encode(hint) for hint in hints]
+        outputs = self.engine.generate(
+            [s.prompt_ids + ids for s, ids in zip(samples, hint_ids)],
+            [Sampling(n=1, temperature=role_cfg.temperature, top_p=role_cfg.top_p, max_tokens=_budget(part, role_cfg),
+                      stop=[part.stop]) for part in parts])
+        replies = []
+        for s, hint, ids, part, [tail] in zip(samples, hints, hint_ids, parts, outputs):
+            self.generated_tokens += len(tail.token_ids)
+            completion = Completion(text=hint + tail.text, token_ids=ids + tail.token_ids,
+                                    logprobs=[math.nan] * len(ids) + tail.logprobs, finish_reason=tail.finish_reason)
+            replies.append(Sample(s.role, s.task_type, s.prompt_ids, s.prompt_text, completion, role_cfg.temperature,
+                                  prefix=s.prefix,
+                                  suffix=part.parsed_closing if self.engine.stopped_at_string(tail) else ""))
+        return replies
 
     def _continue(self, todo: list[tuple[Sample, Segment, SamplingConfig]]) -> None:
         """Open the next part of each reply (its tokens get mask 0) and let the model write it."""

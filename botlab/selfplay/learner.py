@@ -159,7 +159,9 @@ class Learner:
         mask = batch.mask
         advantages = torch.tensor([r.advantage for r in chunk], device=self.device)
         clip_high = self.cfg.clip_eps_high or self.cfg.clip_eps
-        policy_loss, stats = clipped_policy_loss(new_logprobs, batch.old, advantages, mask, self.cfg.clip_eps, clip_high)
+        # A NaN sampling-time log-prob marks a token the loop wrote and trains (selfplay.solver_hints): its ratio is 1.
+        old = torch.where(torch.isnan(batch.old), new_logprobs.detach(), batch.old)
+        policy_loss, stats = clipped_policy_loss(new_logprobs, old, advantages, mask, self.cfg.clip_eps, clip_high)
         loss = policy_loss
         entropy_sum = torch.zeros((), device=self.device)
         if with_entropy:

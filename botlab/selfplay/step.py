@@ -42,6 +42,8 @@ from botlab.tasks import Triplet, output_kind, zero_triplet
 
 log = logging.getLogger(__name__)
 
+HINTED_KINDS = ("str", "list", "tuple", "dict", "set")  # a first character that names the kind, never the value
+
 PhaseCallback = Callable[[str], None]
 
 
@@ -156,7 +158,11 @@ class SelfPlay:
             )
         with clock("solve"):
             solutions = self._solutions(solver_groups, owners)
-        samples = [p.sample for p in proposals if not p.heldout] + solutions
+        hinted = []
+        if self.cfg.solver_hints:
+            with clock("hints"):
+                hinted = self._hinted_solutions(solutions)
+        samples = [p.sample for p in proposals if not p.heldout] + solutions + hinted
         syncs = self.learner is not None and not self.engine.shares_learner
         with clock("learn"):
             if syncs:
@@ -174,7 +180,9 @@ class SelfPlay:
         if revised:
             report.metrics |= {"proposer/revisions": len(revised),
                                "proposer/revisions_valid": sum(p.valid for p in revised)}
-        report.proposals, report.solutions = proposals, solutions
+        if self.cfg.solver_hints:  # hinted answers stay out of the solve rates: the model did not find them alone
+            report.metrics["solver/hinted_right"] = len(hinted)
+        report.proposals, report.solutions = proposals, solutions + hinted
         return report
 
     def save_state(self, report: StepReport, started_at: float, last: bool) -> None:
@@ -379,6 +387,29 @@ class SelfPlay:
                                           format_penalty=self.team.train.format_penalty,
                                           wrong_penalty=self.team.train.wrong_penalty)
         return samples
+
+    def _hinted_solutions(self, solutions: list[Sample]) -> list[Sample]:
+        """selfplay.solver_hints: for each deduction task whose answers were all wrong and never of its output's
+        kind (a string, list, tuple, dict or set), one answer started with the output's first character; the right
+        ones, rewarded as any answer and grouped with their task's (the same prompt)."""
+        groups: dict[int, list[Sample]] = {}
+        for s in solutions:
+            groups.setdefault(id(s.task), []).append(s)
+        todo: list[tuple[Sample, str]] = []
+        for group in groups.values():
+            task = group[0].task
+            kind = output_kind(task.outputs[0]) if task.task_type == "deduction" else None
+            if kind not in HINTED_KINDS or any(s.reward.parts.get("correct") for s in group):
+                continue
+            if not any(s.answer.ok and output_kind(s.answer.answer) == kind for s in group):
+                todo.append((group[0], task.outputs[0].lstrip()[0]))
+        parts = [self.solver.primed("deduction", s.task)[0] for s, _ in todo]
+        replies = self.generator.hinted([s for s, _ in todo], [hint for _, hint in todo], parts,
+                                        self.team.roles.solver)
+        checked = self._solutions([[r] for r in replies], [s.task for s, _ in todo])
+        for r, (_, hint) in zip(checked, todo):
+            r.reward.parts["hint"] = hint
+        return [r for r in checked if r.reward.parts["correct"]]
 
     def _check(self, samples: list[Sample]) -> list[bool]:
         """Verify solver answers in the sandbox; unparseable answers are wrong."""
