@@ -392,9 +392,9 @@ class SelfPlay:
         """selfplay.solver_hints: for each deduction task whose answers were all wrong and never of its output's
         kind (a string, list, tuple, dict or set), one answer started with the output's first character; the right
         ones, rewarded as any answer and grouped with their task's (the same prompt)."""
-        groups: dict[int, list[Sample]] = {}
-        for s in solutions:
-            groups.setdefault(id(s.task), []).append(s)
+        groups: dict[str, list[Sample]] = {}
+        for s in solutions:  # by prompt, as the learner's per-task baseline groups them (a task drawn twice is one)
+            groups.setdefault(s.prompt_text, []).append(s)
         todo: list[tuple[Sample, str]] = []
         for group in groups.values():
             task = group[0].task
