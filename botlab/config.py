@@ -367,7 +367,7 @@ class SelfPlayConfig(Strict):
         "uniform", description="how references and solver tasks are drawn from a buffer: uniformly (AZR), or an "
         "output kind first (str, list, number, ... among those the buffer holds), then a task of that kind. A small "
         "model's buffer is mostly integer arithmetic, and its solver learns to answer every task with a number "
-        "(docs/method.md, \"Drawing by output kind\")"
+        "(docs/method.md, \"A solver that answers only numbers\")"
     )
     rare_kind_bonus: float = Field(
         0.0, ge=0, description="added to the reward of an admitted deduction/abduction proposal, times (1 - the share "
